@@ -1,0 +1,45 @@
+"""P2Value-prioritised experience replay: records, the buffer, its persistence and its Ray actor.
+
+``ReplayBufferActor`` and ``create_replay_actor`` import Ray on first use, so the buffer itself is usable (and
+unit-testable) without Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from btp_ray.replay.buffer import AddResult, BufferState, ReplayBuffer, ReplayStats, UpdateResult
+from btp_ray.replay.config import Eviction, ReplayConfig, Strategy
+from btp_ray.replay.experience import (
+    Experience,
+    PossibilityMode,
+    normalise_code,
+    p2value,
+    possibility_from_logprob,
+)
+
+__all__ = [
+    "AddResult",
+    "BufferState",
+    "Eviction",
+    "Experience",
+    "PossibilityMode",
+    "ReplayBuffer",
+    "ReplayBufferActor",
+    "ReplayConfig",
+    "ReplayStats",
+    "Strategy",
+    "UpdateResult",
+    "create_replay_actor",
+    "normalise_code",
+    "p2value",
+    "possibility_from_logprob",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ReplayBufferActor", "create_replay_actor"):
+        from btp_ray.replay import actor
+
+        return getattr(actor, name)
+    raise AttributeError(f"module 'btp_ray.replay' has no attribute {name!r}")

@@ -1,0 +1,539 @@
+"""The P2Value-prioritised replay buffer: a plain, Ray-free class holding every candidate program and drawing the
+learner's fine-tuning batches from it.
+
+Entries live in fixed slots ``0..size-1`` of numpy arrays. Sampling is exact: ``power`` (and the ablation arms)
+draws from a sum tree over p_i^β; ``rank`` draws a rank position from a sum tree over (1/r)^β and maps it through the
+incrementally maintained rank order; ``uniform`` draws slots directly. Each entry has a stable id (``slot + capacity ·
+generation``) that stays valid until the entry is evicted, so ``update`` never touches the wrong program even if its
+slot was reused. The same seed and the same calls give the same draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from btp_ray.replay.config import Eviction, ReplayConfig, Strategy
+from btp_ray.replay.experience import Experience, dedup_key, p2value, possibility_from_logprob
+from btp_ray.replay.rank import RankOrder
+from btp_ray.replay.trees import ArgminTree, SumTree
+
+logger = logging.getLogger(__name__)
+
+HISTOGRAM_BINS = 10
+_POWER_FAMILY = (Strategy.POWER, Strategy.PASS_RATE, Strategy.POSSIBILITY)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """Outcome of :meth:`ReplayBuffer.add`. ``ids[i]`` is the id now holding input i (the surviving entry for a
+    duplicate), or -1 when the input was rejected because the buffer was full of higher-priority entries."""
+
+    ids: tuple[int, ...]
+    added: int
+    duplicates: int
+    evicted: int
+    rejected: int
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """Outcome of :meth:`ReplayBuffer.update`: entries updated, and ids that were no longer in the buffer."""
+
+    updated: int
+    missing: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReplayStats:
+    """A summary of the buffer's contents and history."""
+
+    size: int
+    capacity: int
+    strategy: str
+    per_problem: dict[str, int]
+    p2value_histogram: tuple[int, ...]
+    histogram_edges: tuple[float, ...]
+    mean_p2value: float
+    mean_pass_rate: float
+    fully_passing: int
+    total_added: int
+    duplicates: int
+    evicted: int
+    rejected: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.__dict__,
+            "p2value_histogram": list(self.p2value_histogram),
+            "histogram_edges": list(self.histogram_edges),
+        }
+
+
+@dataclass
+class BufferState:
+    """Everything needed to rebuild a buffer: its entries in slot order and its counters (see ``snapshot``)."""
+
+    capacity: int
+    experiences: list[Experience]
+    ids: np.ndarray
+    seqs: np.ndarray
+    duplicates: np.ndarray
+    next_seq: int
+    counters: dict[str, int]
+    rng_state: dict[str, Any] = field(default_factory=dict)
+
+
+class ReplayBuffer:
+    """Prioritised replay over :class:`Experience` records. Build with a :class:`ReplayConfig`, keyword fields of
+    one, or both (keywords override): ``ReplayBuffer(capacity=10_000, strategy="rank", beta=0.5)``.
+
+    Invalid input raises ``ValueError`` and leaves the buffer unchanged.
+    """
+
+    def __init__(self, config: ReplayConfig | None = None, **fields: Any) -> None:
+        config = config if config is not None else ReplayConfig()
+        self.config = replace(config, **fields) if fields else config
+        capacity = self.config.capacity
+        self._records = np.empty(capacity, dtype=object)
+        self._dedup_keys: list[Any] = [None] * capacity
+        self._slot_of: dict[Any, int] = {}
+        self._seq = np.zeros(capacity, dtype=np.int64)
+        self._generation = np.zeros(capacity, dtype=np.int64)
+        self._score = np.zeros(capacity, dtype=np.float64)
+        self._pass_rate = np.zeros(capacity, dtype=np.float64)
+        self._possibility = np.full(capacity, np.nan, dtype=np.float64)
+        self._p2value = np.zeros(capacity, dtype=np.float64)
+        self._duplicates = np.zeros(capacity, dtype=np.int64)
+        self._per_problem: Counter[str] = Counter()
+        self._size = 0
+        self._next_seq = 0
+        self._counters = {"total_added": 0, "duplicates": 0, "evicted": 0, "rejected": 0}
+        self._rng = np.random.Generator(np.random.PCG64(self.config.seed))
+        self._weights = SumTree(capacity)  # power family: leaf = slot
+        self._rank_weights = SumTree(capacity)  # rank: leaf = rank position
+        self._rank = RankOrder(capacity)
+        self._eviction = ArgminTree(capacity)
+
+    # ----------------------------------------------------------------------------------------------- inspection
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def capacity(self) -> int:
+        return self.config.capacity
+
+    def get(self, ids: Sequence[int] | np.ndarray) -> list[Experience]:
+        """The experiences with these ids; ``ValueError`` naming any id that is not in the buffer."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        slots, present = self._resolve(ids)
+        if not present.all():
+            raise ValueError(f"ids not in the buffer: {ids[~present].tolist()[:10]}")
+        return self._records[slots].tolist()
+
+    def ids(self) -> np.ndarray:
+        """The ids of all entries, in slot order."""
+        slots = np.arange(self._size, dtype=np.int64)
+        return slots + self.capacity * self._generation[: self._size]
+
+    def probabilities(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, P(id))``: the exact sampling distribution over the current entries (O(n); for tests and
+        inspection)."""
+        size = self._size
+        if size == 0:
+            raise ValueError("the replay buffer is empty")
+        strategy = self.config.strategy
+        if strategy is Strategy.UNIFORM:
+            probs = np.full(size, 1.0 / size)
+        elif strategy is Strategy.RANK:
+            order = self._rank.order(self._score, self._seq, size)
+            probs = np.empty(size)
+            probs[order] = self._rank_position_weights(np.arange(size))
+            probs /= probs.sum()
+        else:
+            weights = self._weights.weights(np.arange(size))
+            probs = weights / weights.sum()
+        return self.ids(), probs
+
+    def stats(self) -> ReplayStats:
+        size = self._size
+        edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+        histogram, _ = np.histogram(self._p2value[:size], bins=edges)
+        return ReplayStats(
+            size=size,
+            capacity=self.capacity,
+            strategy=self.config.strategy.value,
+            per_problem=dict(sorted(self._per_problem.items())),
+            p2value_histogram=tuple(int(count) for count in histogram),
+            histogram_edges=tuple(float(edge) for edge in edges),
+            mean_p2value=float(self._p2value[:size].mean()) if size else 0.0,
+            mean_pass_rate=float(self._pass_rate[:size].mean()) if size else 0.0,
+            fully_passing=int(np.count_nonzero(self._pass_rate[:size] == 1.0)),
+            **self._counters,
+        )
+
+    # ---------------------------------------------------------------------------------------------------- add
+    def add(self, experiences: Iterable[Experience]) -> AddResult:
+        """Insert experiences, re-deriving possibility and P2Value with this buffer's α and possibility mode.
+
+        An identical (problem, normalised code) pair already stored is merged: the better-scored record is kept and
+        the duplicate counted. When full, the configured eviction policy makes room.
+        """
+        items = list(experiences)
+        for item in items:
+            if not isinstance(item, Experience):
+                raise ValueError(f"ReplayBuffer.add takes Experience records, got {type(item).__name__}")
+        records = [self._normalise(item) for item in items]  # validates everything before any change
+
+        changed: dict[int, None] = {}
+        unflushed: list[int] = []  # slots whose eviction-tree leaf is not yet written
+        ids: list[int] = []
+        size_before = self._size
+        added = duplicates = evicted = rejected = 0
+        capacity = self.capacity
+        fifo = self.config.eviction is Eviction.FIFO
+        for record in records:
+            score = self._score_of(record)
+            key = dedup_key(record.problem_id, record.code) if self.config.deduplicate else None
+            slot = self._slot_of.get(key) if key is not None else None
+            if slot is not None:
+                duplicates += 1
+                self._duplicates[slot] += 1
+                if score > self._score[slot]:
+                    self._store(slot, record, score)
+                    changed[slot] = None
+                    unflushed.append(slot)
+                ids.append(slot + capacity * int(self._generation[slot]))
+                continue
+            if self._size < capacity:
+                slot = self._size
+                self._size += 1
+            else:
+                if unflushed:
+                    self._flush_eviction(unflushed)
+                    unflushed = []
+                slot = self._eviction.argmin()
+                if not fifo and score < self._score[slot]:
+                    rejected += 1
+                    ids.append(-1)
+                    continue
+                self._evict(slot)
+                evicted += 1
+            self._seq[slot] = self._next_seq
+            self._next_seq += 1
+            self._store(slot, record, score)
+            self._per_problem[record.problem_id] += 1
+            if key is not None:
+                self._slot_of[key] = slot
+            self._dedup_keys[slot] = key
+            changed[slot] = None
+            unflushed.append(slot)
+            added += 1
+            ids.append(slot + capacity * int(self._generation[slot]))
+
+        if unflushed:
+            self._flush_eviction(unflushed)
+        self._refresh_priorities(np.fromiter(changed, dtype=np.int64, count=len(changed)), size_before)
+        self._counters["total_added"] += added
+        self._counters["duplicates"] += duplicates
+        self._counters["evicted"] += evicted
+        self._counters["rejected"] += rejected
+        return AddResult(tuple(ids), added, duplicates, evicted, rejected)
+
+    # ------------------------------------------------------------------------------------------------- sample
+    def sample(self, n: int, replace: bool = True) -> tuple[np.ndarray, list[Experience]]:
+        """Draw ``n`` entries by the configured strategy: ``(ids, experiences)``.
+
+        Without replacement the draws are successive: each next entry is drawn from the remaining ones in proportion
+        to their priorities.
+        """
+        ids = self.sample_ids(n, replace=replace)
+        return ids, self._records[ids % self.capacity].tolist()
+
+    def sample_ids(self, n: int, replace: bool = True) -> np.ndarray:
+        """Like :meth:`sample` but returns only the ids (the fast path for large draws)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        n = int(n)
+        size = self._size
+        if size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        if not replace and n > size:
+            raise ValueError(f"cannot draw n={n} distinct entries without replacement from {size}")
+        strategy = self.config.strategy
+        if strategy is Strategy.UNIFORM:
+            slots = self._rng.integers(0, size, n) if replace else self._rng.choice(size, n, replace=False)
+        elif strategy is Strategy.RANK:
+            positions = self._draw(self._rank_weights, n, replace)
+            slots = self._rank.order(self._score, self._seq, size)[positions]
+        else:
+            if self._weights.total <= 0.0:
+                raise ValueError(
+                    "every priority is zero (all scores are 0); set ReplayConfig.epsilon > 0 to keep them drawable"
+                )
+            slots = self._draw(self._weights, n, replace)
+        slots = np.asarray(slots, dtype=np.int64)
+        return slots + self.capacity * self._generation[slots]
+
+    def _draw(self, tree: SumTree, n: int, replace: bool) -> np.ndarray:
+        if replace:
+            return tree.sample(self._rng, n)
+        # Keeping the first occurrence of each leaf in an i.i.d. sequence is exactly successive sampling without
+        # replacement; zeroing the chosen leaves after each round only skips draws that would be discarded.
+        chosen: list[np.ndarray] = []
+        saved: list[np.ndarray] = []
+        remaining = n
+        try:
+            while remaining:
+                if tree.total <= 0.0:
+                    raise ValueError(
+                        f"only {n - remaining} entries have a non-zero priority; cannot draw n={n} without replacement"
+                        " (set ReplayConfig.epsilon > 0)"
+                    )
+                draws = tree.sample(self._rng, remaining)
+                leaves, first = np.unique(draws, return_index=True)
+                leaves = leaves[np.argsort(first)]
+                chosen.append(leaves)
+                saved.append(tree.weights(leaves))
+                tree.set(leaves, np.zeros(len(leaves)))
+                remaining -= len(leaves)
+        finally:
+            if chosen:
+                tree.set(np.concatenate(chosen), np.concatenate(saved))
+        return np.concatenate(chosen) if chosen else np.empty(0, dtype=np.int64)
+
+    # ------------------------------------------------------------------------------------------------- update
+    def update(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        per_test: Sequence[Sequence[bool]] | None = None,
+        mean_token_logprobs: Sequence[float | None] | None = None,
+        now: float | None = None,
+    ) -> UpdateResult:
+        """Re-score entries after re-testing (``per_test``) and/or re-scoring by a model (``mean_token_logprobs``).
+
+        Ids no longer in the buffer (evicted since they were drawn) are skipped and reported in ``missing``.
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if per_test is None and mean_token_logprobs is None:
+            raise ValueError("update needs per_test and/or mean_token_logprobs")
+        for name, values in (("per_test", per_test), ("mean_token_logprobs", mean_token_logprobs)):
+            if values is not None and len(values) != len(ids):
+                raise ValueError(f"update: {name} has {len(values)} entries for {len(ids)} ids")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("update: ids must be distinct")
+        slots, present = self._resolve(ids)
+        now = time.time() if now is None else float(now)
+        positions = np.flatnonzero(present).tolist()
+        live = slots[present]
+
+        # Validate and compute everything first: a bad value raises before anything changes.
+        if per_test is not None:
+            results = [_check_per_test(per_test[index]) for index in positions]
+            pass_rates = np.array([sum(row) / len(row) for row in results], dtype=np.float64)
+        else:
+            pass_rates = self._pass_rate[live]
+        if mean_token_logprobs is not None:
+            logprobs = [mean_token_logprobs[index] for index in positions]
+            mode = self.config.possibility
+            records = self._records[live]
+            possibilities = np.array(
+                [
+                    math.nan if logprob is None else possibility_from_logprob(logprob, record.token_count, mode)
+                    for logprob, record in zip(logprobs, records, strict=True)
+                ],
+                dtype=np.float64,
+            )
+        else:
+            possibilities = self._possibility[live]
+        alpha = self.config.alpha
+        unknown = np.isnan(possibilities)
+        p2values = np.where(
+            unknown, pass_rates, alpha * np.where(unknown, 0.0, possibilities) + (1 - alpha) * pass_rates
+        )
+
+        for row, slot in enumerate(live.tolist()):
+            changes: dict[str, Any] = {"updated_at": now, "p2value": float(p2values[row])}
+            if per_test is not None:
+                changes["per_test"] = results[row]
+                changes["pass_rate"] = float(pass_rates[row])
+            if mean_token_logprobs is not None:
+                logprob = logprobs[row]
+                changes["mean_token_logprob"] = None if logprob is None else float(logprob)
+                changes["possibility"] = None if unknown[row] else float(possibilities[row])
+            self._records[slot] = _with_fields(self._records[slot], changes)
+        self._pass_rate[live] = pass_rates
+        self._possibility[live] = possibilities
+        self._p2value[live] = p2values
+        self._score[live] = self._scores(live)
+        if live.size:
+            self._flush_eviction(live)
+            self._refresh_priorities(live, self._size)
+        return UpdateResult(updated=int(live.size), missing=tuple(ids[~present].tolist()))
+
+    # --------------------------------------------------------------------------------------- state / restore
+    def snapshot(self) -> BufferState:
+        size = self._size
+        return BufferState(
+            capacity=self.capacity,
+            experiences=self._records[:size].tolist(),
+            ids=self.ids(),
+            seqs=self._seq[:size].copy(),
+            duplicates=self._duplicates[:size].copy(),
+            next_seq=self._next_seq,
+            counters=dict(self._counters),
+            rng_state=self._rng.bit_generator.state,
+        )
+
+    @classmethod
+    def restore(cls, state: BufferState, config: ReplayConfig) -> ReplayBuffer:
+        """Rebuild a buffer from ``state`` under ``config`` (scores are re-derived with ``config``'s α, possibility
+        mode and strategy). Ids survive when the capacity is unchanged; otherwise they are reassigned."""
+        buffer = cls(config)
+        size = len(state.experiences)
+        if size > buffer.capacity:
+            raise ValueError(f"the saved buffer holds {size} entries, more than capacity={buffer.capacity}")
+        records = [buffer._normalise(record) for record in state.experiences]
+        same_layout = state.capacity == buffer.capacity
+        slots = np.asarray(state.ids, dtype=np.int64) % state.capacity if same_layout else np.arange(size)
+        if same_layout and not np.array_equal(np.sort(slots), np.arange(size)):
+            raise ValueError("the saved buffer's ids do not occupy slots 0..size-1")
+        buffer._size = size
+        for slot, record in zip(slots.tolist(), records, strict=True):
+            buffer._store(slot, record, buffer._score_of(record))
+            buffer._per_problem[record.problem_id] += 1
+            if config.deduplicate:
+                key = dedup_key(record.problem_id, record.code)
+                buffer._slot_of[key] = slot
+                buffer._dedup_keys[slot] = key
+        if same_layout:
+            buffer._generation[slots] = np.asarray(state.ids, dtype=np.int64) // state.capacity
+        buffer._seq[slots] = state.seqs
+        buffer._duplicates[slots] = state.duplicates
+        buffer._next_seq = int(state.next_seq)
+        buffer._counters.update(state.counters)
+        if state.rng_state:
+            buffer._rng.bit_generator.state = state.rng_state
+        buffer._rebuild_structures()
+        return buffer
+
+    # ----------------------------------------------------------------------------------------------- internals
+    def _normalise(self, record: Experience) -> Experience:
+        possibility = record.possibility
+        if record.mean_token_logprob is not None:
+            possibility = possibility_from_logprob(
+                record.mean_token_logprob, record.token_count, self.config.possibility
+            )
+        value = p2value(possibility, record.pass_rate, self.config.alpha)
+        if possibility == record.possibility and value == record.p2value:
+            return record
+        return _with_fields(record, {"possibility": possibility, "p2value": value})
+
+    def _score_of(self, record: Experience) -> float:
+        strategy = self.config.strategy
+        if strategy is Strategy.PASS_RATE:
+            return record.pass_rate
+        if strategy is Strategy.POSSIBILITY:
+            return record.possibility if record.possibility is not None else record.pass_rate
+        return record.p2value
+
+    def _scores(self, slots: np.ndarray) -> np.ndarray:
+        """Vectorised :meth:`_score_of` from the stored columns."""
+        strategy = self.config.strategy
+        if strategy is Strategy.PASS_RATE:
+            return self._pass_rate[slots]
+        if strategy is Strategy.POSSIBILITY:
+            possibility = self._possibility[slots]
+            return np.where(np.isnan(possibility), self._pass_rate[slots], possibility)
+        return self._p2value[slots]
+
+    def _store(self, slot: int, record: Experience, score: float) -> None:
+        self._records[slot] = record
+        self._score[slot] = score
+        self._pass_rate[slot] = record.pass_rate
+        self._possibility[slot] = math.nan if record.possibility is None else record.possibility
+        self._p2value[slot] = record.p2value
+
+    def _evict(self, slot: int) -> None:
+        record = self._records[slot]
+        self._per_problem[record.problem_id] -= 1
+        if not self._per_problem[record.problem_id]:
+            del self._per_problem[record.problem_id]
+        key = self._dedup_keys[slot]
+        if key is not None:
+            del self._slot_of[key]
+        self._duplicates[slot] = 0
+        self._generation[slot] += 1
+
+    def _resolve(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of ``ids`` and whether each id is currently in the buffer."""
+        slots = ids % self.capacity
+        present = (ids >= 0) & (slots < self._size)
+        present[present] &= self._generation[slots[present]] == ids[present] // self.capacity
+        return slots, present
+
+    def _eviction_keys(self, slots: np.ndarray) -> np.ndarray:
+        if self.config.eviction is Eviction.FIFO:
+            return np.zeros(len(slots))
+        return self._score[slots]
+
+    def _flush_eviction(self, slots: Iterable[int] | np.ndarray) -> None:
+        slots = np.unique(np.asarray(list(slots) if not isinstance(slots, np.ndarray) else slots, dtype=np.int64))
+        self._eviction.set(slots, self._eviction_keys(slots), self._seq[slots])
+
+    def _priority_weights(self, slots: np.ndarray) -> np.ndarray:
+        scores = self._score[slots]
+        if self.config.epsilon > 0.0:
+            scores = np.maximum(scores, self.config.epsilon)
+        return scores**self.config.beta
+
+    def _refresh_priorities(self, slots: np.ndarray, size_before: int) -> None:
+        strategy = self.config.strategy
+        if strategy in _POWER_FAMILY:
+            if slots.size:
+                self._weights.set(slots, self._priority_weights(slots))
+        elif strategy is Strategy.RANK:
+            self._rank.mark_changed(slots, self._size)
+            if self._size > size_before:
+                positions = np.arange(size_before, self._size)
+                self._rank_weights.set(positions, self._rank_position_weights(positions))
+
+    def _rank_position_weights(self, positions: np.ndarray) -> np.ndarray:
+        """(1/rank)^β for 0-based rank positions."""
+        return (positions + 1.0) ** -self.config.beta
+
+    def _rebuild_structures(self) -> None:
+        size = self._size
+        slots = np.arange(size)
+        self._eviction.rebuild(self._eviction_keys(slots), self._seq[:size])
+        if self.config.strategy in _POWER_FAMILY:
+            self._weights.rebuild(self._priority_weights(slots))
+        elif self.config.strategy is Strategy.RANK:
+            self._rank_weights.rebuild(self._rank_position_weights(np.arange(size)))
+            self._rank.rebuild(self._score, self._seq, size)
+
+
+def _check_per_test(results: Sequence[bool]) -> tuple[bool, ...]:
+    if not isinstance(results, (tuple, list, np.ndarray)) or not len(results):
+        raise ValueError(f"per_test results must be a non-empty tuple or list of bools, got {results!r}")
+    if type(results) is tuple and all(result is True or result is False for result in results):
+        return results
+    if not all(isinstance(result, (bool, np.bool_)) for result in results):
+        raise ValueError(f"per_test results must be bools, got {results!r}")
+    return tuple(bool(result) for result in results)
+
+
+def _with_fields(record: Experience, changes: dict[str, Any]) -> Experience:
+    """A copy of ``record`` with ``changes`` applied, skipping re-validation: callers pass validated values. (About
+    10× cheaper than ``dataclasses.replace``, which matters on the sample+update hot path.)"""
+    copy = object.__new__(Experience)
+    copy.__dict__.update(record.__dict__)
+    copy.__dict__.update(changes)
+    return copy
