@@ -1,0 +1,786 @@
+"""The warm fork server: a small trusted process that forks one isolated child per run of untrusted code.
+
+This file is executed as a script (``python -I _server.py``) by :class:`btp_ray.execution.sandbox.Sandbox` with an
+empty environment, so it imports nothing from btp_ray and only the standard library (plus ``pyseccomp``/``seccomp``
+when installed). It never decides verdicts: it runs the child, enforces the wall clock from outside, captures what the
+child reported and printed, sweeps everything the child spawned, and hands the raw capture back.
+
+Protocol with the owner (over the server's stdin/stdout): 4-byte big-endian length + UTF-8 JSON per message. The first
+message is the configuration; the server answers ``{"ok": true, "features": [...], "missing": {...}}``; then each
+request ``{"op": "run", ...}`` gets one response.
+
+Isolation, applied once in the server (inherited by every child): mount, network, IPC and UTS namespaces; the Python
+installation re-exposed read-only when it lives under a directory the sandbox uid cannot enter (e.g. ``/root``).
+Applied per child, in order: a fresh PID namespace whose init is the child (its exit kills everything the run
+spawned), a new session, ``PR_SET_PDEATHSIG``, rlimits, a private scratch directory, an unprivileged uid of its own,
+``no_new_privs``, Landlock (writes only beneath scratch, no TCP, no signals or ptrace outside its domain), seccomp.
+"""
+
+import contextlib
+import ctypes
+import errno
+import gc
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_FS_READ = 1 | 4 | 8  # EXECUTE | READ_FILE | READ_DIR
+LANDLOCK_FS_ALL_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
+LANDLOCK_NET_ALL = 1 | 2  # BIND_TCP | CONNECT_TCP
+LANDLOCK_SCOPE_ALL = 1 | 2  # ABSTRACT_UNIX_SOCKET | SIGNAL
+RESULT_FD = 3
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _check(ret, what):
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _unshare(flags):
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def _prctl(option, arg):
+    _check(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+
+
+def _mount(source, target, fstype, flags, data=None):
+    enc = [None if v is None else os.fsencode(v) for v in (source, target, fstype, data)]
+    _check(_libc.mount(enc[0], enc[1], enc[2], ctypes.c_ulong(flags), enc[3]), f"mount {target}")
+
+
+# ----------------------------------------------------------------------------------------------------------- framing
+def _read_exact(fd, n):
+    chunks = []
+    while n:
+        chunk = os.read(fd, n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(fd):
+    header = _read_exact(fd, 4)
+    if header is None:
+        return None
+    body = _read_exact(fd, struct.unpack(">I", header)[0])
+    return None if body is None else json.loads(body)
+
+
+def _send(fd, obj):
+    body = json.dumps(obj, ensure_ascii=True).encode()
+    data = struct.pack(">I", len(body)) + body
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+# ----------------------------------------------------------------------------------------------- strict value encoding
+def _build_encoder():
+    """A strict encoder of builtin values: exact types only, so user subclasses and objects are never trusted."""
+    numpy_scalars = ()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy_scalars = tuple(t for t in set(numpy.sctypeDict.values()) if t.__module__ == "numpy")
+    numpy_scalars = frozenset(numpy_scalars)
+    float_repr = float.__repr__
+    max_nodes = 200_000
+    plain_bases = (bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
+    # Subclasses that keep their base's comparisons are encoded as the base (namedtuple, IntFlag-free int
+    # subclasses, ...): their equality in-process is the base's, computed on the same elements.
+    base_copy = {
+        bool: bool.__bool__,
+        int: int.__index__,
+        float: float.__float__,
+        complex: lambda v: complex(complex.__getattribute__(v, "real"), complex.__getattribute__(v, "imag")),
+        str: str.__str__,
+        bytes: lambda v: bytes(memoryview(v)),
+        list: lambda v: list(list.__iter__(v)),
+        tuple: lambda v: tuple(tuple.__iter__(v)),
+        dict: lambda v: dict(dict.items(v)),
+        set: lambda v: set(set.__iter__(v)),
+        frozenset: lambda v: frozenset(frozenset.__iter__(v)),
+    }
+    import collections
+
+    trusted_dicts = frozenset((collections.OrderedDict, collections.Counter, collections.defaultdict))
+    compared = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__len__")
+
+    def _plain(t):
+        base = next(b for b in plain_bases if issubclass(t, b))
+        return all(getattr(t, name, None) is getattr(base, name, None) for name in compared)
+
+    def encode(value):
+        budget = [max_nodes]
+
+        def enc(x, depth):
+            budget[0] -= 1
+            if budget[0] < 0 or depth > 100:
+                raise OverflowError("value too large or too deeply nested to report")
+            t = type(x)
+            if t is bool:
+                return ["b", x is True]
+            if t is int:
+                return ["i", int.__format__(x, "x")]
+            if t is float:
+                return ["f", float_repr(x)]
+            if t is str:
+                return ["s", x]
+            if x is None:
+                return ["n"]
+            if t is list:
+                return ["l", [enc(v, depth + 1) for v in list.__iter__(x)]]
+            if t is tuple:
+                return ["t", [enc(v, depth + 1) for v in tuple.__iter__(x)]]
+            if t is dict:
+                return ["d", [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in dict.items(x)]]
+            if t is set:
+                return ["S", [enc(v, depth + 1) for v in set.__iter__(x)]]
+            if t is frozenset:
+                return ["F", [enc(v, depth + 1) for v in frozenset.__iter__(x)]]
+            if t is bytes:
+                return ["y", bytes.hex(x)]
+            if t is complex:
+                return ["c", float_repr(x.real), float_repr(x.imag)]
+            if t in numpy_scalars:
+                return enc(x.item(), depth + 1)
+            if t in trusted_dicts or (type(t) is type and issubclass(t, plain_bases) and _plain(t)):
+                for base in plain_bases:
+                    if issubclass(t, base):
+                        return enc(base_copy[base](x), depth)
+            return ["o", str(type.__dict__["__qualname__"].__get__(t))[:100]]
+
+        return enc(value, 0)
+
+    return encode
+
+
+# ------------------------------------------------------------------------------------------------------ the harness
+def _error_line(exc):
+    try:
+        lines = traceback.format_exception_only(type(exc), exc)
+        text = lines[-1].strip() if lines else type(exc).__name__
+    except BaseException:
+        text = type(exc).__name__
+    return text[:2000]
+
+
+def _harness(request, encode, dumps):
+    """Runs in the sandboxed child: loads the program, runs the tests from ``start``, reports events on fd 3."""
+    # Bound before any untrusted code runs, so replacing builtins or os functions cannot change the harness.
+    write, exit_now, is_mem = os.write, os._exit, MemoryError
+    _exec, _eval, _compile, _range, _len, _isinstance, _type = exec, eval, compile, range, len, isinstance, type
+    _getattr, _loads, _sys = getattr, json.loads, sys
+
+    def emit(event):
+        try:
+            data = (dumps(event, ensure_ascii=True) + "\n").encode()
+        except BaseException:
+            data = b'{"e":"unreportable"}\n'
+        try:
+            while data:
+                data = data[write(RESULT_FD, data) :]
+        except OSError:
+            exit_now(70)
+
+    def flush_std():
+        for stream in (_sys.stdout, _sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+
+    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    mode = request["mode"]
+    try:
+        code = _compile(request["program"], "<program>", "exec")
+    except BaseException as exc:
+        emit({"e": "compile_error", "err": _error_line(exc)})
+        exit_now(0)
+    try:
+        if mode == "stdio":
+            try:
+                _exec(code, namespace)
+            except SystemExit as stop:
+                if stop.code not in (None, 0):
+                    raise
+            flush_std()
+            emit({"e": "loaded"})
+            flush_std()
+            exit_now(0)
+        _exec(code, namespace)
+        if request.get("test_setup"):
+            _exec(_compile(request["test_setup"], "<test_setup>", "exec"), namespace)
+    except BaseException as exc:
+        flush_std()
+        emit({"e": "load_error", "err": _error_line(exc), "mem": _isinstance(exc, is_mem)})
+        exit_now(0)
+    flush_std()
+    emit({"e": "loaded"})
+    tests = request["tests"]
+    for k in _range(request["start"], _len(tests)):
+        test = tests[k]
+        emit({"e": "begin", "k": k})
+        try:
+            if test.get("setup"):
+                _exec(_compile(test["setup"], f"<setup {k}>", "exec"), namespace)
+            kind = test["kind"]
+            if kind == "exec":
+                _exec(_compile(test["code"], f"<test {k}>", "exec"), namespace)
+                result = {"e": "ok", "k": k}
+            elif kind == "value":
+                value = _eval(_compile(test["expr"], f"<test {k}>", "eval"), namespace)
+                result = {"e": "value", "k": k, "v": encode(value)}
+            else:
+                func = namespace.get(test["fn"])
+                if func is None and _isinstance(namespace.get("Solution"), _type):
+                    func = _getattr(namespace["Solution"](), test["fn"])
+                if func is None:
+                    raise NameError(f"function {test['fn']!r} is not defined")
+                value = func(*_loads(test["args"]))
+                result = {"e": "value", "k": k, "v": encode(value)}
+        except BaseException as exc:
+            result = {"e": "fail", "k": k, "err": _error_line(exc), "mem": _isinstance(exc, is_mem)}
+        flush_std()
+        emit(result)
+    flush_std()
+    exit_now(0)
+
+
+# -------------------------------------------------------------------------------------------------------- isolation
+class Isolation:
+    """Detects and applies the isolation layers; ``features`` names what is on, ``missing`` why the rest is not."""
+
+    def __init__(self, config):
+        self.config = config
+        self.features = ["rlimits", "no_new_privs", "new_session", "empty_environment", "scratch_dir"]
+        self.missing = {}
+        self.is_root = os.geteuid() == 0
+        self.own_pidns_fd = None
+        self.landlock_abi = 0
+        self.seccomp_module = None
+        self.drop_uid = None
+
+    def _miss(self, name, why):
+        self.missing[name] = str(why)
+
+    def setup_once(self, scratch_root):
+        try:
+            if self.is_root:
+                _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+            else:
+                uid, gid = os.geteuid(), os.getegid()
+                _unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)
+                with open("/proc/self/setgroups", "w") as f:
+                    f.write("deny")
+                with open("/proc/self/uid_map", "w") as f:
+                    f.write(f"0 {uid} 1")
+                with open("/proc/self/gid_map", "w") as f:
+                    f.write(f"0 {gid} 1")
+                self.features.append("user_namespace")
+            self.features += ["mount_namespace", "network_namespace", "ipc_namespace"]
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        except OSError as exc:
+            for name in ("mount_namespace", "network_namespace", "ipc_namespace"):
+                self._miss(name, exc)
+        try:
+            self.own_pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            _unshare(CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if os.getpid() == 1 else 1)
+            self._reset_pidns()
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise OSError("child was not pid 1 of a new PID namespace")
+            self.features.append("pid_namespace")
+        except OSError as exc:
+            self.own_pidns_fd = None
+            self._miss("pid_namespace", exc)
+        if self.is_root and "mount_namespace" in self.features:
+            try:
+                self._expose_python()
+            except OSError as exc:
+                self._miss("python_exposed", exc)
+        if self.is_root:
+            self.drop_uid = self.config["sandbox_uid"] or 100000 + os.getpid()
+            ok, why = self._probe_uid(scratch_root)
+            if ok:
+                self.features.append("unprivileged_uid")
+            else:
+                self.drop_uid = None
+                self._miss("unprivileged_uid", why)
+        else:
+            self._miss("unprivileged_uid", "server is not root: the sandbox keeps the caller's uid")
+        try:
+            abi = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION)
+            if abi < 1:
+                raise OSError(ctypes.get_errno(), "Landlock not available")
+            self.landlock_abi = int(abi)
+            self.features.append("landlock")
+            if abi >= 4:
+                self.features.append("landlock_network")
+            else:
+                self._miss("landlock_network", f"Landlock ABI {abi} < 4")
+            if abi >= 6:
+                self.features.append("landlock_scope")
+            else:
+                self._miss("landlock_scope", f"Landlock ABI {abi} < 6")
+        except OSError as exc:
+            for name in ("landlock", "landlock_network", "landlock_scope"):
+                self._miss(name, exc)
+        for module_name in ("pyseccomp", "seccomp"):
+            try:
+                self.seccomp_module = __import__(module_name)
+                self.features.append("seccomp")
+                break
+            except ImportError:
+                continue
+        else:
+            self._miss("seccomp", "install pyseccomp (pip) or python3-seccomp (apt)")
+
+    def _reset_pidns(self):
+        _check(_libc.setns(ctypes.c_int(self.own_pidns_fd), ctypes.c_int(CLONE_NEWPID)), "setns")
+
+    def _expose_python(self):
+        """Re-mount the Python installation readable for the sandbox uid when a parent directory is private."""
+        needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, *sys.path) if p and os.path.isdir(p)}
+        blocked = {}
+        for path in needed:
+            parts = path.split("/")
+            for i in range(2, len(parts) + 1):
+                ancestor = "/".join(parts[:i]) or "/"
+                if not os.stat(ancestor).st_mode & 0o001:
+                    blocked.setdefault(ancestor, set()).add(path)
+                    break
+        for private_dir, paths in blocked.items():
+            keep = sorted(p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths))
+            staging = tempfile.mkdtemp(prefix="btp-expose-")
+            for i, path in enumerate(keep):
+                os.mkdir(f"{staging}/{i}")
+                _mount(path, f"{staging}/{i}", None, MS_BIND | MS_REC)
+            _mount("tmpfs", private_dir, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
+            for i, path in enumerate(keep):
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                _mount(f"{staging}/{i}", path, None, MS_BIND | MS_REC)
+                _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+                _libc.umount2(os.fsencode(f"{staging}/{i}"), MNT_DETACH)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.features.append("python_exposed")
+
+    def _probe_uid(self, scratch_root):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setresgid(self.drop_uid, self.drop_uid, self.drop_uid)
+                os.setresuid(self.drop_uid, self.drop_uid, self.drop_uid)
+                with open(os.path.join(os.path.dirname(os.__file__), "this.py"), "rb"):
+                    pass
+                os.listdir(os.path.dirname(os.__file__))
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) == 0:
+            return True, ""
+        return False, "the Python installation is not readable by an unprivileged uid"
+
+    # ------------------------------------------------------------------------------------------- per child, in child
+    def apply_in_child(self, scratch, limits):
+        os.setsid()
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        for which, value in (
+            (resource.RLIMIT_AS, limits["address_space_bytes"]),
+            (resource.RLIMIT_CPU, limits["cpu_seconds"]),
+            (resource.RLIMIT_FSIZE, limits["file_size_bytes"]),
+            (resource.RLIMIT_NOFILE, limits["open_files"]),
+            (resource.RLIMIT_NPROC, limits["processes"]),
+            (resource.RLIMIT_CORE, 0),
+        ):
+            hard = resource.getrlimit(which)[1]
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            resource.setrlimit(which, (value, value))
+        os.chdir(scratch)
+        if self.drop_uid is not None:
+            os.setgroups([])
+            os.setresgid(self.drop_uid, self.drop_uid, self.drop_uid)
+            os.setresuid(self.drop_uid, self.drop_uid, self.drop_uid)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if self.landlock_abi:
+            self._landlock(scratch)
+        if self.seccomp_module is not None:
+            self._seccomp()
+
+    def _landlock(self, scratch):
+        abi = self.landlock_abi
+        fs_all = LANDLOCK_FS_ALL_BY_ABI.get(abi, (1 << 16) - 1)
+        attr = struct.pack("=QQQ", fs_all, LANDLOCK_NET_ALL if abi >= 4 else 0, LANDLOCK_SCOPE_ALL if abi >= 6 else 0)
+        size = 8 if abi < 4 else (16 if abi < 6 else 24)
+        buf = ctypes.create_string_buffer(attr[:size], size)
+        ruleset = _check(_libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(size), 0), "landlock")
+        truncate = 1 << 14
+        for path, access in (
+            ("/", LANDLOCK_FS_READ),
+            (scratch, fs_all),
+            ("/dev/null", 2 | 4 | (truncate if abi >= 3 else 0)),
+        ):
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            rule = ctypes.create_string_buffer(struct.pack("=Qi", access & fs_all, fd), 12)
+            _check(_libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0), "landlock rule")
+            os.close(fd)
+        _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+        os.close(ruleset)
+
+    def _seccomp(self):
+        sc = self.seccomp_module
+        filt = sc.SyscallFilter(defaction=sc.ALLOW)
+        deny = sc.ERRNO(errno.EPERM)
+        for name in (
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "mount",
+            "umount2",
+            "pivot_root",
+            "chroot",
+            "unshare",
+            "setns",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "reboot",
+            "swapon",
+            "swapoff",
+            "syslog",
+            "acct",
+            "settimeofday",
+            "clock_settime",
+            "adjtimex",
+            "personality",
+            "io_uring_setup",
+            "open_by_handle_at",
+            "name_to_handle_at",
+            "fanotify_init",
+            "kcmp",
+            "pidfd_getfd",
+        ):
+            try:
+                filt.add_rule(deny, name)
+            except Exception:  # a syscall unknown to this libseccomp/architecture
+                continue
+        clone_newcgroup = 0x02000000
+        namespace_bits = (CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET)
+        for bit in (*namespace_bits, clone_newcgroup):
+            filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
+        # clone3 passes flags in memory that seccomp cannot inspect: ENOSYS makes libc fall back to clone.
+        filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+        for family in (2, 10, 16, 17):  # AF_INET, AF_INET6, AF_NETLINK, AF_PACKET
+            filt.add_rule(deny, "socket", sc.Arg(0, sc.EQ, family))
+        filt.load()
+
+
+# -------------------------------------------------------------------------------------------------------- running
+class Server:
+    """Owns the isolation, the scratch root and the loop that runs one child per request."""
+
+    def __init__(self, config, out_fd):
+        self.config = config
+        self.out_fd = out_fd
+        self.scratch_root = tempfile.mkdtemp(prefix="btp-sandbox-")
+        os.chmod(self.scratch_root, 0o711)
+        self.isolation = Isolation(config)
+        self.encode = None
+        self.counter = 0
+
+    def start(self):
+        self.isolation.setup_once(self.scratch_root)
+        preloaded, failed = [], []
+        for name in self.config["preload_modules"]:
+            try:
+                __import__(name)
+                preloaded.append(name)
+            except Exception as exc:
+                failed.append(f"{name}: {exc}")
+        self.encode = _build_encoder()
+        gc.collect()
+        gc.freeze()
+        vm = _vm_size()
+        return {
+            "ok": True,
+            "features": self.isolation.features,
+            "missing": self.isolation.missing,
+            "preloaded": preloaded,
+            "preload_failed": failed,
+            "server_vm_bytes": vm,
+            "scratch_root": self.scratch_root,
+            "sandbox_uid": self.isolation.drop_uid,
+            "landlock_abi": self.isolation.landlock_abi,
+        }
+
+    def run(self, request):
+        self.counter += 1
+        scratch = os.path.join(self.scratch_root, f"job{self.counter}")
+        os.mkdir(scratch, 0o700)
+        if self.isolation.drop_uid is not None:
+            os.chown(scratch, self.isolation.drop_uid, self.isolation.drop_uid)
+        try:
+            stdin_path = None
+            if request.get("stdin") is not None:
+                stdin_path = os.path.join(self.scratch_root, f"stdin{self.counter}")
+                with open(stdin_path, "w", encoding="utf-8", errors="surrogatepass") as f:
+                    f.write(request["stdin"])
+            return self._run_child(request, scratch, stdin_path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            if stdin_path:
+                os.unlink(stdin_path)
+
+    def _run_child(self, request, scratch, stdin_path):
+        limits = request["limits"]
+        res_r, res_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        use_pidns = self.isolation.own_pidns_fd is not None
+        if use_pidns:
+            _unshare(CLONE_NEWPID)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            self._child(request, scratch, stdin_path, limits, (res_w, out_w, err_w))
+        if use_pidns:
+            self.isolation._reset_pidns()
+        for fd in (res_w, out_w, err_w):
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        return self._supervise(request, pid, pidfd, res_r, out_r, err_r, started, use_pidns)
+
+    def _child(self, request, scratch, stdin_path, limits, write_fds):
+        try:
+            res_w, out_w, err_w = write_fds
+            stdin_fd = os.open(stdin_path or "/dev/null", os.O_RDONLY)
+            os.dup2(stdin_fd, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.dup2(res_w, RESULT_FD)
+            os.closerange(RESULT_FD + 1, 1 << 16)
+            os.environ.clear()
+            os.environ.update(
+                HOME=scratch, TMPDIR=scratch, PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", USER="sandbox"
+            )
+            self.isolation.apply_in_child(scratch, limits)
+            # The standard streams live as long as the child: no context manager.
+            sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+            sys.stdout = sys.__stdout__ = open(1, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            sys.stderr = sys.__stderr__ = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            sys.argv = ["program"]
+            tempfile.tempdir = scratch
+            _harness(request, self.encode, json.dumps)
+        except BaseException as exc:
+            try:
+                os.write(2, f"sandbox child setup failed: {exc!r}\n".encode())
+            finally:
+                os._exit(71)
+        os._exit(0)
+
+    def _supervise(self, request, pid, pidfd, res_r, out_r, err_r, started, use_pidns):
+        limits = request["limits"]
+        keep = limits["keep_output_bytes"]
+        max_output = limits["max_output_bytes"]
+        max_result = limits["max_result_bytes"]
+        job_deadline = started + request["deadline_s"]
+        phase_timeout = request["load_timeout_s"]
+        phase_deadline = started + phase_timeout
+        phase = "load"
+        buffers = {out_r: bytearray(), err_r: bytearray()}
+        totals = {out_r: 0, err_r: 0}
+        result_buf = bytearray()
+        result_total = 0
+        events = []
+        timed_out = output_limit = False
+        exited = False
+        poller = select.poll()
+        open_fds = {res_r, out_r, err_r}
+        for fd in open_fds:
+            poller.register(fd, select.POLLIN)
+        poller.register(pidfd, select.POLLIN)
+        grace_deadline = None
+        while open_fds:
+            now = time.monotonic()
+            deadline = min(job_deadline, phase_deadline) if not exited else grace_deadline
+            if now >= deadline:
+                if exited:
+                    break
+                timed_out = True
+                os.kill(pid, signal.SIGKILL)
+                exited = True
+                grace_deadline = time.monotonic() + 1.0
+                continue
+            for fd, _ in poller.poll(max(1, int((deadline - now) * 1000) + 1)):
+                if fd == pidfd:
+                    poller.unregister(pidfd)
+                    exited = True
+                    grace_deadline = time.monotonic() + (1.0 if use_pidns else 0.05)
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                    continue
+                if fd == res_r:
+                    result_total += len(chunk)
+                    if result_total > max_result:
+                        output_limit = True
+                        break
+                    result_buf += chunk
+                    *lines, rest = bytes(result_buf).split(b"\n")
+                    result_buf = bytearray(rest)
+                    for line in lines:
+                        event = _parse_event(line)
+                        if event is None:
+                            continue
+                        events.append(event)
+                        if event.get("e") == "begin" and isinstance(event.get("k"), int):
+                            phase = event["k"]
+                            phase_deadline = time.monotonic() + request["test_timeout_s"]
+                        elif event.get("e") == "loaded":
+                            phase = "tests"
+                            phase_deadline = job_deadline
+                else:
+                    totals[fd] += len(chunk)
+                    room = keep - len(buffers[fd])
+                    if room > 0:
+                        buffers[fd] += chunk[:room]
+                    if totals[fd] > max_output:
+                        output_limit = True
+                        break
+            if output_limit:
+                os.kill(pid, signal.SIGKILL)
+                break
+        if not exited or output_limit:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        if not use_pidns:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        for fd in (res_r, out_r, err_r, pidfd):
+            os.close(fd)
+        code = os.waitstatus_to_exitcode(status)
+        return {
+            "events": events,
+            "stdout": bytes(buffers[out_r]).decode("utf-8", "replace"),
+            "stderr": bytes(buffers[err_r]).decode("utf-8", "replace"),
+            "stdout_total": totals[out_r],
+            "exit_code": code if code >= 0 else None,
+            "signal": -code if code < 0 else None,
+            "timed_out": timed_out,
+            "timeout_phase": phase if timed_out else None,
+            "output_limit": output_limit,
+            "wall_s": time.monotonic() - started,
+        }
+
+    def close(self):
+        shutil.rmtree(self.scratch_root, ignore_errors=True)
+
+
+def _parse_event(line):
+    if len(line) > (8 << 20):
+        return None
+    try:
+        event = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _vm_size():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def main():
+    in_fd = os.dup(0)
+    out_fd = os.dup(1)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(devnull, fd)
+    os.set_inheritable(in_fd, False)
+    os.set_inheritable(out_fd, False)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    config = _recv(in_fd)
+    if config is None:
+        return
+    if os.getppid() != config["owner_pid"]:
+        return
+    server = Server(config, out_fd)
+    try:
+        hello = server.start()
+    except Exception as exc:
+        _send(out_fd, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        server.close()
+        return
+    _send(out_fd, hello)
+    try:
+        while True:
+            request = _recv(in_fd)
+            if request is None or request.get("op") == "close":
+                break
+            try:
+                reply = server.run(request)
+            except Exception as exc:
+                reply = {"sandbox_error": f"{type(exc).__name__}: {exc}"}
+            _send(out_fd, reply)
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()
