@@ -128,6 +128,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         field_path = f"{path}.{name}" if path else name
+        value = _over_default_section(fields[name], value)
         kwargs[name] = _coerce(value, hints[name], field_path)
     try:
         return cls(**kwargs)
@@ -138,6 +139,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:
         culprit = _field_named_in(message, cls, list(fields))
         field_path = f"{path}.{culprit}" if path and culprit else (culprit or path)
         raise ConfigError(field_path, message) from None
+
+
+def _over_default_section(field: dataclasses.Field, value: Any) -> Any:
+    """A partial mapping for a nested section whose default is a configured instance: fill the rest from that
+    instance, so ``generation: {num_candidates: 4}`` keeps the section's other defaults rather than the class's."""
+    if not isinstance(value, Mapping) or field.default_factory is dataclasses.MISSING:
+        return value
+    default = field.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    base = {f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}
+    return {**base, **value}
 
 
 def _field_named_in(message: str, cls: type, names: list[str]) -> str | None:

@@ -56,7 +56,7 @@ def test_from_dict_builds_nested_typed_values() -> None:
         ({"count": 1.5}, "count", "integer"),
         ({"flag": "maybe"}, "flag", "true or false"),
         ({"colour": "green"}, "colour", "red, blue"),
-        ({"inner": {"rate": 2.0}}, "inner", "Inner.rate must be in [0, 1]"),
+        ({"inner": {"rate": 2.0}}, "inner.rate", "Inner.rate must be in [0, 1]"),
         ({"inner": {"speed": 1}}, "inner.speed", "unknown field"),
         ({"cuont": 1}, "cuont", "valid fields of Outer: colour, count, flag, inner, label"),
         ({"inner": 3}, "inner", "expected a mapping"),

@@ -1,0 +1,64 @@
+"""The run directory: atomic files, the append-only candidate log and its repair after a torn write, state, resume
+errors, and an environment record without secrets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from btp_ray.experiment_config import ExperimentConfig
+from btp_ray.pipeline.run_dir import CANDIDATES, RunDirectory, RunDirectoryError, RunState, environment_record
+
+
+def test_create_writes_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    config = ExperimentConfig(max_problems=4)
+    run = RunDirectory.create(tmp_path / "run", config)
+    for name in ("config.yaml", "environment.json", "state.json"):
+        assert (run.path / name).is_file()
+    assert run.load_config() == config
+    assert run.load_state() == RunState(started_at=run.load_state().started_at)
+    with pytest.raises(RunDirectoryError, match="--resume"):
+        RunDirectory.create(tmp_path / "run", config)
+
+
+def test_candidate_log_survives_a_torn_last_line(tmp_path: Path) -> None:
+    run = RunDirectory.create(tmp_path / "run", ExperimentConfig())
+    assert run.append_candidates([{"task_id": "a", "n": 1}, {"task_id": "b", "n": 2}]) == 2
+    with open(run.path / CANDIDATES, "a") as handle:
+        handle.write('{"task_id": "c", "n"')  # a crash in the middle of an append
+    assert [r["task_id"] for r in run.iter_candidates()] == ["a", "b"]  # a torn line is never trusted
+    resumed = RunDirectory.open_existing(run.path)
+    assert (run.path / CANDIDATES).read_text().endswith('"n": 2}\n')
+    resumed.append_candidates([{"task_id": "c", "n": 3}])
+    assert [r["n"] for r in resumed.iter_candidates()] == [1, 2, 3]
+
+
+def test_state_marks_phases(tmp_path: Path) -> None:
+    run = RunDirectory.create(tmp_path / "run", ExperimentConfig())
+    state = run.load_state()
+    state.mark(1, "sample")
+    state.mark(1, "sample")
+    run.save_state(state)
+    again = run.load_state()
+    assert again.done(1, "sample") and not again.done(1, "train") and not again.done(2, "sample")
+    assert again.completed == {"1": ["sample"]}
+
+
+def test_resume_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(RunDirectoryError, match="does not exist"):
+        RunDirectory.open_existing(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirectoryError, match="not a btp-ray run directory"):
+        RunDirectory.open_existing(tmp_path / "empty")
+
+
+def test_environment_record_masks_api_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["jobs/btp.py", "--api-key", "sk-live-1", "--api_key=sk-live-2", "--mode", "x"])
+    record = environment_record()
+    text = json.dumps(record)
+    assert "sk-live" not in text
+    assert record["argv"] == ["jobs/btp.py", "--api-key", "***", "--api_key=***", "--mode", "x"]
+    assert "ray" in record["packages"] and record["python"].startswith("3.")
