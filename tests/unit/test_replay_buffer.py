@@ -314,3 +314,91 @@ def test_restore_rebuilds_an_identical_buffer() -> None:
     assert fingerprint(restored) == fingerprint(buffer)
     np.testing.assert_allclose(restored.probabilities()[1], buffer.probabilities()[1])
     assert restored.sample_ids(100).tolist() == buffer.sample_ids(100).tolist()
+
+
+@pytest.mark.parametrize("strategy", ["power", "rank"])
+def test_draws_stay_exact_on_a_deep_tree_through_updates(strategy: str) -> None:
+    """20 000 entries make the sum tree 3 levels deep; updated entries move the distribution."""
+    buffer = ReplayBuffer(capacity=20_000, strategy=strategy, beta=1.0, seed=8)
+    buffer.add(make_experiences(20_000, seed=6, problems=500))
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        ids = np.unique(buffer.sample_ids(256))
+        buffer.update(ids, per_test=[tuple(row) for row in (rng.random((len(ids), 3)) < 0.5).tolist()])
+    ids, probs = buffer.probabilities()
+    expected = expected_distribution(buffer, ids)
+    np.testing.assert_allclose(probs, expected, rtol=1e-9)
+    assert chi_square_pvalue(np.concatenate([buffer.sample_ids(256) for _ in range(2000)]), ids, expected) > 0.001
+
+
+def test_returned_records_carry_every_update() -> None:
+    buffer = ReplayBuffer(capacity=50, alpha=0.5, seed=2)
+    records = make_experiences(50, seed=3)
+    ids = np.array(buffer.add(records).ids)
+    untouched = buffer.get(ids[10:])
+    buffer.update(ids[:10], per_test=[(True, False, True, True)] * 10, now=77.0)
+    buffer.update(ids[5:10], mean_token_logprobs=[-0.5, None, -0.25, -1.0, 0.0], now=88.0)
+    sampled_ids, sampled = buffer.sample(2_000)
+    by_id = dict(zip(sampled_ids.tolist(), sampled, strict=True))
+    got = buffer.get(ids)
+    for index, record in enumerate(got[:5]):
+        assert record.per_test == (True, False, True, True) and record.pass_rate == 0.75 and record.updated_at == 77.0
+        assert record.mean_token_logprob == records[index].mean_token_logprob
+        assert record.p2value == pytest.approx(0.5 * record.possibility + 0.5 * 0.75)
+    logprobs = [-0.5, None, -0.25, -1.0, 0.0]
+    for record, logprob in zip(got[5:10], logprobs, strict=True):
+        assert record.updated_at == 88.0 and record.pass_rate == 0.75 and record.mean_token_logprob == logprob
+        expected_p2 = 0.75 if logprob is None else 0.5 * np.exp(logprob) + 0.5 * 0.75
+        assert record.possibility == (None if logprob is None else pytest.approx(np.exp(logprob)))
+        assert record.p2value == pytest.approx(expected_p2)
+    assert got[10:] == untouched
+    assert sum(i in by_id for i in ids[:10].tolist()) >= 5  # sample() returned updated records too
+    assert all(by_id[i] == record for i, record in zip(ids.tolist(), got, strict=True) if i in by_id)
+    assert buffer.snapshot().experiences == got
+
+
+@pytest.mark.parametrize(
+    ("rows", "stored"),
+    [([(np.True_, np.False_)], (True, False)), ([[True, True, False]], (True, True, False)),
+     ([np.array([True, False, False, False])], (True, False, False, False)), ([(True,) * 300], (True,) * 300)],
+)  # fmt: skip
+def test_update_accepts_any_row_of_bools_and_stores_a_tuple(rows: list, stored: tuple) -> None:
+    buffer = ReplayBuffer(capacity=4)
+    ids = buffer.add(make_experiences(2)).ids
+    shared = (False, True)  # one tuple object for two ids
+    buffer.update(ids, per_test=[*rows, shared])
+    first, second = buffer.get(ids)
+    assert first.per_test == stored and type(first.per_test) is tuple
+    assert first.pass_rate == sum(stored) / len(stored)
+    assert second.per_test == shared and second.pass_rate == 0.5
+
+
+def test_eviction_after_many_updates_drops_the_lowest_then_oldest() -> None:
+    """Updates reach the eviction tree only when an add evicts; it must then know every change."""
+    capacity = 64
+    buffer = ReplayBuffer(capacity=capacity, alpha=0.0, seed=4)
+    buffer.add([Experience(problem_id="p", code=f"c{i}", per_test=(True,), pass_rate=0.5) for i in range(capacity)])
+    rng = np.random.default_rng(9)
+    for step in range(40):
+        ids = buffer.ids()[rng.choice(capacity, int(rng.integers(1, 12)), replace=False)]
+        buffer.update(ids, per_test=[tuple(row) for row in (rng.random((len(ids), 4)) < 0.5).tolist()])
+        state = buffer.snapshot()
+        lowest = min(range(capacity), key=lambda i: (state.experiences[i].pass_rate, state.seqs[i]))
+        result = buffer.add([Experience(problem_id="p", code=f"new{step}", per_test=(True,), pass_rate=1.0)])
+        assert result.evicted == 1
+        assert state.ids[lowest] not in buffer.ids()
+        assert sorted(buffer.ids().tolist()) == sorted([*np.delete(state.ids, lowest).tolist(), result.ids[0]])
+
+
+def test_updates_rescore_the_ablation_arms_by_their_own_component() -> None:
+    records = [Experience(problem_id="p", code=c, per_test=(True, False), mean_token_logprob=-1.0, token_count=1)
+               for c in "abc"]  # fmt: skip
+    by_pass = ReplayBuffer(capacity=3, strategy="pass_rate")
+    ids = by_pass.add(records).ids
+    by_pass.update(ids[:2], per_test=[(True, True), (False, False)], mean_token_logprobs=[-0.1, -3.0])
+    np.testing.assert_allclose(by_pass.probabilities()[1], np.array([1.0, 0.0, 0.5]) / 1.5)
+    by_possibility = ReplayBuffer(capacity=3, strategy="possibility")
+    ids = by_possibility.add(records).ids
+    by_possibility.update(ids[:2], per_test=[(False,), (True,)], mean_token_logprobs=[-0.1, None])
+    weights = np.array([np.exp(-0.1), 1.0, np.exp(-1.0)])  # unknown possibility: the pass rate instead
+    np.testing.assert_allclose(by_possibility.probabilities()[1], weights / weights.sum())
