@@ -45,4 +45,6 @@ def ray_cluster():
     try:
         yield ray
     finally:
-        ray.shutdown()
+        from btp_ray.pipeline.services import shutdown_ray
+
+        shutdown_ray(timeout_s=60)

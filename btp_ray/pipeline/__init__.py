@@ -40,7 +40,7 @@ def run_from_args(args: argparse.Namespace, config: ExperimentConfig) -> int:
     """Create (or resume) the run directory, start Ray and the actors, run BTP, print where the results are."""
     from btp_ray.pipeline.run_dir import RunDirectory, RunDirectoryError, default_run_path
     from btp_ray.pipeline.runner import BTPPipeline
-    from btp_ray.pipeline.services import init_ray, start_services
+    from btp_ray.pipeline.services import init_ray, shutdown_ray, start_services
 
     try:
         if getattr(args, "resume", None):
@@ -64,14 +64,17 @@ def run_from_args(args: argparse.Namespace, config: ExperimentConfig) -> int:
     started = time.perf_counter()
     pipeline = BTPPipeline(config, run)
     init_ray(config, getattr(args, "ray_address", None))
-    services = start_services(config, run)
     try:
-        results = pipeline.execute(services)
+        services = start_services(config, run)
+        try:
+            results = pipeline.execute(services)
+        finally:
+            services.close()
     except KeyboardInterrupt:
         logger.warning("interrupted: continue with --resume %s", run.path)
         return EXIT_INTERRUPTED
     finally:
-        services.close()
+        shutdown_ray()
     _print_summary(run.path, results, time.perf_counter() - started)
     return EXIT_OK
 

@@ -13,7 +13,7 @@ from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.pipeline.run_dir import RunDirectory
 from btp_ray.pipeline.runner import Services
 from btp_ray.replay import create_replay_actor
-from btp_ray.sampling import SamplerConfig, SamplerPool
+from btp_ray.sampling import Backend, SamplerConfig, SamplerPool
 from btp_ray.sampling.pool import PoolConfig as SamplerPoolConfig
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def init_ray(config: ExperimentConfig, address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
+        check_capacity(config, local=False)
         return
     ray.init(
         address="local",
@@ -38,16 +39,88 @@ def init_ray(config: ExperimentConfig, address: str | None = None) -> None:
         include_dashboard=False,
         log_to_driver=config.debug,
     )
+    check_capacity(config, local=True)
+
+
+def shutdown_ray(timeout_s: float = 60.0) -> bool:
+    """``ray.shutdown()`` that cannot hang the process: Ray 2.60's shutdown sometimes blocks for good in an
+    unanswered GCS pubsub RPC (ray-project/ray#44836 and relatives). After ``timeout_s`` the processes of the local
+    cluster this driver started are killed, which fails the blocked RPC and lets the shutdown finish.
+    Returns False when it had to force the shutdown."""
+    import threading
+
+    import ray
+
+    if not ray.is_initialized():
+        return True
+    node = getattr(ray._private.worker, "_global_node", None)  # set only when this driver started the cluster
+    worker = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not worker.is_alive():
+        return True
+    logger.warning("ray.shutdown() did not return in %.0f s; killing the local Ray processes", timeout_s)
+    if node is not None:
+        node.kill_all_processes(check_alive=False, allow_graceful=False)
+    worker.join(30)
+    return False
+
+
+def _sampler_cpus(config: ExperimentConfig, sampler: SamplerConfig) -> float:
+    """API samplers wait on the network: they reserve no CPU, so they never crowd out the learner."""
+    return 0.0 if sampler.resolved_backend() is Backend.OPENAI else config.resources.sampler_cpus
 
 
 def _sampler_pool(config: ExperimentConfig, sampler: SamplerConfig) -> SamplerPool:
     resources = config.resources
     pool = SamplerPoolConfig(
         num_actors=resources.sampler_actors,
-        num_cpus_per_actor=resources.sampler_cpus,
+        num_cpus_per_actor=_sampler_cpus(config, sampler),
         num_gpus_per_actor=resources.sampler_gpus or None,
     )
     return SamplerPool(sampler, pool, api_key=sampler.api_key_from_env())
+
+
+def target_sampler_config(config: ExperimentConfig) -> SamplerConfig | None:
+    """The sampler of the fine-tuned target, when it is not the source (hybrid, or a different local target)."""
+    if config.training is None or config.training.base_model == config.sampling.model:
+        return None
+    return SamplerConfig(
+        **{
+            **config.sampling.to_dict(),
+            "model": config.training.base_model,
+            "model_kind": None,
+            "backend": "auto",
+            "api_base": None,
+            "api_key_env": None,
+            "enable_lora": True,
+        }
+    )
+
+
+def check_capacity(config: ExperimentConfig, *, local: bool) -> None:
+    """Refuse a plan whose actors and learner cannot all hold their CPUs at once on a cluster that cannot grow:
+    the learner would wait for CPUs the samplers never release. On a cluster (which may autoscale) only warn."""
+    import ray
+
+    resources = config.resources
+    samplers = [config.sampling] + ([target] if (target := target_sampler_config(config)) else [])
+    needed = sum(resources.sampler_actors * _sampler_cpus(config, s) for s in samplers)
+    executors = resources.num_executors or 1
+    needed += executors * resources.executor_cpus
+    if config.trains and config.training is not None and not config.training.use_gpu:
+        needed += config.training.num_workers * config.training.cpus_per_worker
+    available = ray.cluster_resources().get("CPU", 0.0)
+    if needed <= available + 1e-9:
+        return
+    message = (
+        f"the run needs {needed:g} CPUs at once (samplers, {executors} executor(s), learner workers) but the Ray "
+        f"cluster has {available:g}: lower resources.sampler_cpus / resources.executor_cpus / "
+        "training.cpus_per_worker, or give Ray more CPUs (resources.ray_num_cpus)"
+    )
+    if local:
+        raise ValueError(message)
+    logger.warning("%s; waiting for the autoscaler", message)
 
 
 def start_services(config: ExperimentConfig, run: RunDirectory) -> Services:
@@ -69,18 +142,8 @@ def start_services(config: ExperimentConfig, run: RunDirectory) -> Services:
         source = _sampler_pool(config, config.sampling)
         closers.append(source.shutdown)
         target = None
-        if config.training is not None and config.training.base_model != config.sampling.model:
-            target_sampling = SamplerConfig(
-                **{
-                    **config.sampling.to_dict(),
-                    "model": config.training.base_model,
-                    "model_kind": None,
-                    "backend": "auto",
-                    "api_base": None,
-                    "api_key_env": None,
-                    "enable_lora": True,
-                }
-            )
+        target_sampling = target_sampler_config(config)
+        if target_sampling is not None:
             target = _sampler_pool(config, target_sampling)
             closers.append(target.shutdown)
     except BaseException:
