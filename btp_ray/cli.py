@@ -107,6 +107,8 @@ def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         elif flag.choices:
             kwargs["metavar"] = "{" + ",".join(flag.choices) + "}"
+        else:
+            kwargs["metavar"] = flag.path.rpartition(".")[2].upper()
         group.add_argument(*flag.names, **kwargs)
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
     parser.add_argument(

@@ -87,8 +87,10 @@ class ExperimentConfig:
 
     ``batch_size`` is how many experiences the learner draws from the replay buffer per iteration (the seed's
     ``--batch-size``); ``problem_batch_size`` how many problems go to the samplers at once, the unit by which
-    sampling and testing overlap. Evaluation uses held-out problems (``eval_fraction`` of them, disjoint from the
-    training problems unless ``eval_on_train``) with greedy decoding plus ``eval_samples`` samples for pass@k.
+    sampling and testing overlap; ``prestart_learner`` starts each iteration's trainer workers while sampling runs,
+    so their start-up is off the critical path. Evaluation uses held-out problems (``eval_fraction`` of them,
+    disjoint from the training problems unless ``eval_on_train``) with greedy decoding plus ``eval_samples``
+    samples for pass@k.
     """
 
     name: str = "btp"
@@ -104,6 +106,7 @@ class ExperimentConfig:
     problem_batch_size: int = 2
     eval_samples: int = 0
     eval_max_new_tokens: int | None = None
+    prestart_learner: bool = True
     seed: int = 0
     output_dir: str | None = None
     debug: bool = False
@@ -180,6 +183,20 @@ class ExperimentConfig:
         return None
 
 
+def _infer_mode(source: str, training: Any) -> Mode:
+    """No ``--mode``: an API source samples through its API, and fine-tunes a local target when one is given
+    (hybrid); a local source fine-tunes itself or the given target (finetune)."""
+    try:
+        kind = resolve_model(source).kind
+    except UnknownModelError:
+        return Mode.FINETUNE  # the config's own check reports the name
+    if not kind.is_api:
+        return Mode.FINETUNE
+    if isinstance(training, Mapping) and training.get("base_model"):
+        return Mode.HYBRID
+    return Mode.DEEPSEEK if kind is ModelKind.DEEPSEEK else Mode.OPENAI
+
+
 def _is_local_name(name: str) -> bool:
     try:
         return resolve_model(name).kind is ModelKind.LOCAL and "/" not in name
@@ -191,8 +208,10 @@ def _fill_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
     """Derive what the user left out: the target defaults to the source in fine-tuning modes (self-improvement),
     DeepSeek mode talks to DeepSeek's API, and the learner inherits the run's seed."""
     data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
-    mode = Mode(data.get("mode", Mode.FINETUNE.value)) if _is_mode(data.get("mode")) else None
     sampling = data.setdefault("sampling", {})
+    if "mode" not in data:
+        data["mode"] = _infer_mode(sampling.get("model", SamplerConfig.model), data.get("training")).value
+    mode = Mode(data["mode"]) if _is_mode(data["mode"]) else None
     if mode is Mode.DEEPSEEK and not sampling.get("api_base"):
         sampling["api_base"] = DEEPSEEK_API_BASE
     if mode is not None and mode.source_kind is not None and "model_kind" not in sampling:

@@ -192,24 +192,32 @@ class BTPPipeline:
             self._save_metrics()  # metrics first: a phase marked done always has its numbers on disk
             self.run.save_state(state)
 
-        if not state.done(iteration, PHASE_SAMPLE):
-            timings = StreamTimings()
-            self._sample_phase(services, iteration, timings)
-            record["sample"] = self._sample_summary(iteration, timings)
-            phase_s["sample"] = phase_s.get("sample", 0.0) + timings.sample_busy_s
-            phase_s["execute"] = phase_s.get("execute", 0.0) + timings.execute_busy_s
-            completed(PHASE_SAMPLE)
-        elif "sample" not in record:  # sampled by a process that died before saving its metrics
-            record["sample"] = self._sample_summary(iteration, None)
-        if not state.done(iteration, PHASE_BUFFER):
-            self._sync_buffer(services, iteration)
-            completed(PHASE_BUFFER)
+        training = self.config.trains and not state.done(iteration, PHASE_TRAIN)
+        # The learner's workers start (and load the model) while the samplers and sandboxes work.
+        pending = self._start_learner(iteration) if training and self.config.prestart_learner else None
+        try:
+            if not state.done(iteration, PHASE_SAMPLE):
+                timings = StreamTimings()
+                self._sample_phase(services, iteration, timings)
+                record["sample"] = self._sample_summary(iteration, timings)
+                phase_s["sample"] = phase_s.get("sample", 0.0) + timings.sample_busy_s
+                phase_s["execute"] = phase_s.get("execute", 0.0) + timings.execute_busy_s
+                completed(PHASE_SAMPLE)
+            elif "sample" not in record:  # sampled by a process that died before saving its metrics
+                record["sample"] = self._sample_summary(iteration, None)
+            if not state.done(iteration, PHASE_BUFFER):
+                self._sync_buffer(services, iteration)
+                completed(PHASE_BUFFER)
+        except BaseException:
+            if pending is not None:
+                pending.cancel()
+            raise
         import ray
 
         record["buffer"] = _stats_dict(ray.get(services.replay.stats.remote()))
         self.metrics.gauge("btp_buffer_size", record["buffer"].get("size", 0))
-        if self.config.trains and not state.done(iteration, PHASE_TRAIN):
-            record["train"] = self._train_phase(services, iteration)
+        if training:
+            record["train"] = self._train_phase(services, iteration, pending)
             phase_s["train"] = record["train"]["wall_s"]
             completed(PHASE_TRAIN)
         if self.eval_problems and self.config.trains:
@@ -344,7 +352,21 @@ class BTPPipeline:
         ray.get(services.replay.add.remote(experiences))
         self._mark_buffered(len(missing))
 
-    def _train_phase(self, services: Services, iteration: int) -> dict[str, Any]:
+    def _adapter_paths(self, iteration: int) -> tuple[Path | None, Path]:
+        previous = self.run.adapter_dir(iteration - 1)
+        init_adapter = previous if (previous / "adapter_config.json").is_file() else None
+        return init_adapter, self.run.adapter_dir(iteration)
+
+    def _start_learner(self, iteration: int) -> Any:
+        init_adapter, output = self._adapter_paths(iteration)
+        return self._learner().start(
+            iteration=iteration,
+            init_adapter=init_adapter,
+            output_dir=output,
+            run_name=f"{self.run.path.name}-iter{iteration}",
+        )
+
+    def _train_phase(self, services: Services, iteration: int, pending: Any = None) -> dict[str, Any]:
         import ray
 
         from btp_ray.sampling.base import user_message
@@ -354,6 +376,8 @@ class BTPPipeline:
         learner = self._learner()
         size = ray.get(services.replay.size.remote())
         if size == 0:
+            if pending is not None:
+                pending.cancel()
             raise RuntimeError(f"iteration {iteration}: the replay buffer is empty; nothing to fine-tune on")
         started = time.perf_counter()
         _, experiences = ray.get(services.replay.sample.remote(self.config.batch_size, True))
@@ -368,16 +392,11 @@ class BTPPipeline:
             )
             for e in experiences
         ]
-        previous = self.run.adapter_dir(iteration - 1)
-        init_adapter = previous if (previous / "adapter_config.json").is_file() else None
-        output = self.run.adapter_dir(iteration)
-        result = learner.train(
-            examples,
-            iteration=iteration,
-            init_adapter=init_adapter,
-            output_dir=output,
-            run_name=f"{self.run.path.name}-iter{iteration}",
-        )
+        if pending is None:
+            pending = self._start_learner(iteration)
+        pending.feed(examples)
+        result = pending.result()
+        output = self._adapter_paths(iteration)[1]
         name = result.manifest.adapter_name
         self._load_adapter(services, output, name)
         wall = time.perf_counter() - started
@@ -391,7 +410,8 @@ class BTPPipeline:
             "distinct_examples": len({(e.problem_id, e.code) for e in experiences}),
             "passing_examples": sum(1 for e in experiences if e.passed),
             "mean_example_p2value": sum(float(e.p2value or 0.0) for e in experiences) / len(experiences),
-            "overhead_s": result.overhead_seconds,
+            "overhead_s": result.overhead_seconds,  # what was left on the critical path once the batch existed
+            "prestarted": self.config.prestart_learner,
             "tokens_per_second": result.tokens_per_second,
             "wall_s": wall,
             "metrics": summary,

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> TrainResult | None:
     """One Ray Train worker: a ``Learner`` rank. Rank 0 saves the adapter and reports it as the run's checkpoint."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -47,15 +49,25 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> TrainResult | None:
     def report_step(metrics: StepMetrics) -> None:
         ray.train.report(metrics.to_dict())
 
+    learner = Learner(config, device=device)
+    dataset = loop_config["dataset"]
+    started_at = loop_config["fit_started_at"]
+    if not isinstance(dataset, SFTDataset):  # started before its data: load the model while the samplers finish
+        learner.prepare()
+        delivered = ray.get(dataset.get.remote())
+        if delivered is None:
+            return None  # cancelled: the batch never came
+        dataset, fed_at = delivered
+        started_at = max(started_at, fed_at)  # what is left of the overhead once the data exists
     output_dir = Path(tempfile.mkdtemp(prefix="btp-adapter-"))
     try:
-        result = Learner(config, device=device).train(
-            loop_config["dataset"],
+        result = learner.train(
+            dataset,
             output_dir=output_dir,
             iteration=iteration,
             init_adapter=loop_config["init_adapter"],
             on_step=report_step,
-            started_at=loop_config["fit_started_at"],
+            started_at=started_at,
         )
         checkpoint = ray.train.Checkpoint.from_directory(str(output_dir)) if rank == 0 else None
         ray.train.report(
@@ -105,11 +117,38 @@ class RayLearner:
 
         Raises ``LearnerError`` for bad input or when a worker fails (with the worker's error).
         """
+        started_at = time.time()
+        dataset = examples if isinstance(examples, SFTDataset) else self.build_dataset(examples)
+        return self._fit(dataset, iteration, init_adapter, output_dir, run_name, started_at)
+
+    def start(
+        self,
+        *,
+        iteration: int = 0,
+        init_adapter: str | Path | None = None,
+        output_dir: str | Path | None = None,
+        run_name: str | None = None,
+    ) -> PendingTraining:
+        """Start the ``TorchTrainer`` now, before the batch exists: its workers start, join the process group and
+        load the model while the caller is still sampling and testing. Hand the batch over with
+        :meth:`PendingTraining.feed`; :meth:`PendingTraining.result` waits for the adapter."""
+        import ray
+
+        mailbox = ray.remote(_Mailbox).options(num_cpus=0).remote()
+        return PendingTraining(self, mailbox, iteration, init_adapter, output_dir, run_name)
+
+    def _fit(
+        self,
+        dataset: SFTDataset | Any,
+        iteration: int,
+        init_adapter: str | Path | None,
+        output_dir: str | Path | None,
+        run_name: str | None,
+        started_at: float,
+    ) -> TrainResult:
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        started_at = time.time()
-        dataset = examples if isinstance(examples, SFTDataset) else self.build_dataset(examples)
         if init_adapter is not None and not (Path(init_adapter) / "adapter_config.json").is_file():
             raise LearnerError(f"init_adapter {init_adapter}: no adapter_config.json there")
         env_vars = {"TOKENIZERS_PARALLELISM": "false"}
@@ -118,6 +157,7 @@ class RayLearner:
         resources = {"CPU": self.config.cpus_per_worker}
         if self.config.use_gpu:
             resources["GPU"] = 1
+        tag = dataset.data_hash[:8] if isinstance(dataset, SFTDataset) else "prestart"
         trainer = TorchTrainer(
             _train_loop_per_worker,
             train_loop_config={
@@ -132,7 +172,7 @@ class RayLearner:
                 num_workers=self.config.num_workers, use_gpu=self.config.use_gpu, resources_per_worker=resources
             ),
             run_config=RunConfig(
-                name=run_name or f"btp-train-iter{iteration:04d}-{dataset.data_hash[:8]}-{int(started_at)}",
+                name=run_name or f"btp-train-iter{iteration:04d}-{tag}-{int(started_at)}",
                 storage_path=self.config.storage_path,
                 worker_runtime_env={"env_vars": env_vars},
             ),
@@ -157,6 +197,97 @@ class RayLearner:
             result.tokens_per_second,
         )
         return dataclasses.replace(result, adapter_dir=adapter_dir, total_seconds=time.time() - started_at)
+
+
+class _Mailbox:
+    """One value for Ray Train workers that started before it existed: ``get`` waits until ``put``."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._ready = asyncio.Event()
+        self._value: Any = None
+
+    async def put(self, value: Any) -> None:
+        self._value = value
+        self._ready.set()
+
+    async def get(self) -> Any:
+        await self._ready.wait()
+        return self._value
+
+
+class PendingTraining:
+    """A fine-tuning iteration whose workers are starting while its batch is still being made.
+
+    ``feed`` the examples once, then ``result``; ``cancel`` if the batch will never come (the workers exit and
+    nothing is saved). Fit runs on a background thread of the driver.
+    """
+
+    def __init__(
+        self,
+        learner: RayLearner,
+        mailbox: Any,
+        iteration: int,
+        init_adapter: str | Path | None,
+        output_dir: str | Path | None,
+        run_name: str | None,
+    ) -> None:
+        self.learner = learner
+        self.mailbox = mailbox
+        self.started_at = time.time()
+        self.fed_at: float | None = None
+        self._result: TrainResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(iteration, init_adapter, output_dir, run_name),
+            name=f"btp-learner-iter{iteration}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, iteration: int, init_adapter: Any, output_dir: Any, run_name: Any) -> None:
+        try:
+            self._result = self.learner._fit(
+                self.mailbox, iteration, init_adapter, output_dir, run_name, self.started_at
+            )
+        except BaseException as exc:  # handed to the caller in result()
+            self._error = exc
+
+    def feed(self, examples: Sequence[TrainingExample] | SFTDataset) -> SFTDataset:
+        """Build (and check) the batch and hand it to the waiting workers. A bad batch cancels the run and raises."""
+        import ray
+
+        try:
+            dataset = examples if isinstance(examples, SFTDataset) else self.learner.build_dataset(examples)
+        except BaseException:
+            self.cancel()
+            raise
+        self.fed_at = time.time()
+        ray.get(self.mailbox.put.remote((dataset, self.fed_at)))
+        return dataset
+
+    def cancel(self) -> None:
+        """Release the waiting workers without training (their fit ends without a checkpoint)."""
+        import ray
+
+        ray.get(self.mailbox.put.remote(None))
+        self._thread.join()
+        ray.kill(self.mailbox)
+
+    def result(self, timeout: float | None = None) -> TrainResult:
+        """The iteration's result once training is done; raises the learner's error if it failed."""
+        import ray
+
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise LearnerError(f"training did not finish within {timeout} s")
+        ray.kill(self.mailbox)
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None  # _run sets one of the two
+        return self._result
 
 
 def train_with_ray(
