@@ -71,7 +71,8 @@ def _sampler_cpus(config: ExperimentConfig, sampler: SamplerConfig) -> float:
     return 0.0 if sampler.resolved_backend() is Backend.OPENAI else config.resources.sampler_cpus
 
 
-def _sampler_pool(config: ExperimentConfig, sampler: SamplerConfig) -> SamplerPool:
+def sampler_pool(config: ExperimentConfig, sampler: SamplerConfig) -> SamplerPool:
+    """Sampler actors for ``sampler``, sized by the run's ``resources``."""
     resources = config.resources
     pool = SamplerPoolConfig(
         num_actors=resources.sampler_actors,
@@ -81,14 +82,25 @@ def _sampler_pool(config: ExperimentConfig, sampler: SamplerConfig) -> SamplerPo
     return SamplerPool(sampler, pool, api_key=sampler.api_key_from_env())
 
 
-def target_sampler_config(config: ExperimentConfig) -> SamplerConfig | None:
-    """The sampler of the fine-tuned target, when it is not the source (hybrid, or a different local target)."""
-    if config.training is None or config.training.base_model == config.sampling.model:
-        return None
+def executor_pool(config: ExperimentConfig) -> ExecutorPool:
+    """Sandbox executor actors, sized and placed by the run's ``resources``."""
+    resources = config.resources
+    return ExecutorPool(
+        config.execution,
+        pool_config=ExecutorPoolConfig(
+            num_executors=resources.num_executors,
+            cpus_per_executor=resources.executor_cpus,
+            resource_name=resources.executor_resource,
+        ),
+    )
+
+
+def local_sampler_config(config: ExperimentConfig, model: str) -> SamplerConfig:
+    """The run's sampler settings for another local model (the fine-tuned target), ready to serve adapters."""
     return SamplerConfig(
         **{
             **config.sampling.to_dict(),
-            "model": config.training.base_model,
+            "model": model,
             "model_kind": None,
             "backend": "auto",
             "api_base": None,
@@ -96,6 +108,13 @@ def target_sampler_config(config: ExperimentConfig) -> SamplerConfig | None:
             "enable_lora": True,
         }
     )
+
+
+def target_sampler_config(config: ExperimentConfig) -> SamplerConfig | None:
+    """The sampler of the fine-tuned target, when it is not the source (hybrid, or a different local target)."""
+    if config.training is None or config.training.base_model == config.sampling.model:
+        return None
+    return local_sampler_config(config, config.training.base_model)
 
 
 def check_capacity(config: ExperimentConfig, *, local: bool) -> None:
@@ -127,24 +146,16 @@ def start_services(config: ExperimentConfig, run: RunDirectory) -> Services:
     """Start every actor the run needs; the returned :class:`Services` closes them in reverse order."""
     closers: list[Any] = []
     try:
-        resources = config.resources
-        executor = ExecutorPool(
-            config.execution,
-            pool_config=ExecutorPoolConfig(
-                num_executors=resources.num_executors,
-                cpus_per_executor=resources.executor_cpus,
-                resource_name=resources.executor_resource,
-            ),
-        )
+        executor = executor_pool(config)
         closers.append(executor.close)
         replay = create_replay_actor(config.replay, f"btp-replay-{run.path.name}", run.buffer_dir)
         closers.append(lambda: _kill(replay))
-        source = _sampler_pool(config, config.sampling)
+        source = sampler_pool(config, config.sampling)
         closers.append(source.shutdown)
         target = None
         target_sampling = target_sampler_config(config)
         if target_sampling is not None:
-            target = _sampler_pool(config, target_sampling)
+            target = sampler_pool(config, target_sampling)
             closers.append(target.shutdown)
     except BaseException:
         for closer in reversed(closers):

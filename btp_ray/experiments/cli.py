@@ -1,0 +1,274 @@
+"""Command lines of the suite's jobs (``jobs/baseline.py``, ``ablation.py``, ``hyperparam.py``, ``big_to_small.py``,
+``main_experiment.py``): the seed's flags on top of the BTP flags of :mod:`btp_ray.cli`, each job's own flags, and
+the run itself (Ray up, logging to the run's directory, one summary line per result at the end)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from btp_ray.cli import BTP_FLAGS, Flag, add_flags, parse_experiment_args
+from btp_ray.experiment_config import PRESETS, ExperimentConfig
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def experiment_parser(prog: str, description: str, flags: Sequence[Flag] = BTP_FLAGS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_flags(parser, flags)
+    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
+    return parser
+
+
+def _both(name: str) -> list[str]:
+    return [name, "--" + name[2:].replace("-", "_")]
+
+
+def _ablation_flags(parser: argparse.ArgumentParser) -> None:
+    from btp_ray.experiments.ablation import Arm
+    from btp_ray.experiments.training import TrainerKind
+
+    group = parser.add_argument_group("ablation")
+    group.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training/replay seeds (>= 3 for CIs)")
+    group.add_argument("--arms", nargs="+", choices=[a.value for a in Arm], default=[a.value for a in Arm])
+    group.add_argument(*_both("--budget"), type=int, default=None, help="examples per fit (default: --batch-size)")
+    group.add_argument(
+        "--trainer",
+        choices=[t.value for t in TrainerKind],
+        default=TrainerKind.LOCAL.value,
+        help="local: the one-process Learner (fast on CPU); ray_train: a TorchTrainer per fit",
+    )
+
+
+def _hyperparam_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("hyperparameter study")
+    group.add_argument(*_both("--search-type"), choices=("focused", "grid", "random"), default="focused")
+    group.add_argument(*_both("--max-configs"), type=int, default=15)
+    group.add_argument(*_both("--study-seed"), type=int, default=0, help="seed of the search and the trials")
+    group.add_argument(*_both("--early-stopping"), choices=("on", "off"), default="on", help="ASHA on the loss")
+
+
+def _ablation_settings(args: argparse.Namespace) -> Any:
+    from btp_ray.experiments.ablation import AblationSettings
+
+    return AblationSettings(arms=tuple(args.arms), seeds=tuple(args.seeds), budget=args.budget, trainer=args.trainer)
+
+
+def _hyperparam_settings(args: argparse.Namespace) -> Any:
+    from btp_ray.experiments.hyperparam import HyperparamSettings
+
+    return HyperparamSettings(
+        search_type=args.search_type,
+        max_configs=args.max_configs,
+        seed=args.study_seed,
+        early_stopping=args.early_stopping == "on",
+    )
+
+
+def _settings_or_exit(parser: argparse.ArgumentParser, build: Any, args: argparse.Namespace) -> Any:
+    try:
+        return build(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def default_output_dir(prefix: str) -> Path:
+    return Path("experiments") / "results" / f"{prefix}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+
+
+def _start(config: ExperimentConfig, output_dir: Path, args: argparse.Namespace, *, dashboard: bool = False) -> None:
+    from btp_ray.experiments.common import init_ray_for
+    from btp_ray.pipeline import configure_logging
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging(config.debug, output_dir / "logs" / "driver.log")
+    url = init_ray_for(config, args.ray_address, dashboard=dashboard)
+    if url:
+        print(f"Ray dashboard (Tune trials under Jobs / Actors): http://{url}", flush=True)
+
+
+def baseline_main(argv: Sequence[str] | None = None) -> int:
+    from btp_ray.experiments.baseline import BaselineSettings, run_baseline
+    from btp_ray.experiments.common import load_split, open_pools
+
+    parser = experiment_parser(
+        "jobs/baseline.py", "Sample-and-filter baseline: n samples per problem, sandboxed tests, pass@k."
+    )
+    args, config = parse_experiment_args(parser, argv)
+    settings = _settings_or_exit(parser, lambda a: BaselineSettings(num_samples=config.eval_samples or 10), args)
+    output_dir = Path(config.output_dir or default_output_dir("baseline"))
+    _start(config, output_dir, args)
+    train, evaluation = load_split(config)
+    with open_pools(config) as pools:
+        results = run_baseline(config, settings, pools, [*train, *evaluation], output_dir)
+    print(
+        f"baseline: {results['num_problems']} problems × {results['samples_per_problem']} samples: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in results["pass_at_k"].items())
+        + f", mean pass rate {results['mean_pass_rate']:.3f}, filter accuracy {results['filter_accuracy']:.3f}\n"
+        f"  results: {output_dir / 'baseline_experiment_results.json'}"
+    )
+    return EXIT_OK
+
+
+def ablation_main(argv: Sequence[str] | None = None) -> int:
+    from btp_ray.experiments.ablation import AblationStudy
+    from btp_ray.experiments.common import load_split, open_pools
+    from btp_ray.experiments.training import make_trainer
+
+    parser = experiment_parser("jobs/ablation.py", "Replay-strategy ablation over one shared candidate pool.")
+    _ablation_flags(parser)
+    args, config = parse_experiment_args(parser, argv)
+    settings = _settings_or_exit(parser, _ablation_settings, args)
+    if config.training is None:
+        parser.error("the ablation fine-tunes a local target: use --mode finetune or hybrid with --target-model")
+    output_dir = Path(config.output_dir or default_output_dir("ablation"))
+    _start(config, output_dir, args)
+    train, evaluation = load_split(config)
+    with open_pools(config) as pools:
+        study = AblationStudy(
+            config, settings, pools=pools, trainer=make_trainer(settings.trainer, config.training, train),
+            train_problems=train, eval_problems=evaluation, output_dir=output_dir,
+        )  # fmt: skip
+        results = study.run()
+    print(f"ablation over pool {results['pool']['digest'][:12]} ({results['pool']['candidates']} candidates):")
+    for arm, agg in results["aggregate"].items():
+        stat = agg["metrics"].get("eval_mean_pass_rate") or agg["metrics"].get("final_loss")
+        shown = f"{stat['mean']:.3f}" if stat else "–"
+        print(f"  {arm:<18} seeds ok {agg['seeds_ok']}  {', '.join(agg['statuses'])}  {shown}")
+    print(f"  results: {output_dir / 'ablation_results.json'}")
+    return EXIT_OK
+
+
+def hyperparam_main(argv: Sequence[str] | None = None) -> int:
+    from btp_ray.experiments.common import load_split, open_pools
+    from btp_ray.experiments.hyperparam import run_hyperparam_study
+    from btp_ray.experiments.pool import CandidatePool, build_pool
+
+    parser = experiment_parser(
+        "jobs/hyperparam.py", "Hyperparameter study as Ray Tune trials over one shared candidate pool."
+    )
+    _hyperparam_flags(parser)
+    parser.add_argument("--pool", default=None, help="reuse a candidate pool file (e.g. an ablation's)")
+    parser.add_argument(*_both("--dashboard"), choices=("on", "off"), default="on", help="start the Ray dashboard")
+    args, config = parse_experiment_args(parser, argv)
+    settings = _settings_or_exit(parser, _hyperparam_settings, args)
+    if config.training is None:
+        parser.error("the study fine-tunes a local target: use --mode finetune or hybrid with --target-model")
+    output_dir = Path(config.output_dir or default_output_dir("hyperparameter"))
+    _start(config, output_dir, args, dashboard=args.dashboard == "on")
+    train, evaluation = load_split(config)
+    if args.pool:
+        pool = CandidatePool.load(args.pool)
+    else:
+        with open_pools(config) as pools:
+            pool, _ = build_pool(pools.sampler, pools.executor, train, config.generation,
+                                 batch_size=config.problem_batch_size)  # fmt: skip
+        pool.save(output_dir / "candidate_pool.json")
+    results = run_hyperparam_study(
+        config, settings, pool=pool, train_problems=train, eval_problems=evaluation, output_dir=output_dir
+    )
+    best = results["best"]
+    print(
+        f"hyperparameter study: {results['num_trials']} trials, {results['num_errors']} failed, "
+        f"{results['num_stopped_early']} stopped early\n  best: {best['knobs'] if best else None}\n"
+        f"  results: {output_dir / 'hyperparameter_study_results.json'}"
+    )
+    return EXIT_OK
+
+
+def big_to_small_main(argv: Sequence[str] | None = None) -> int:
+    from btp_ray.experiments.big_to_small import BigToSmallError, run_big_to_small
+
+    parser = experiment_parser("jobs/big_to_small.py", "Big (or API) source model samples → small target fine-tuned.")
+    args, config = parse_experiment_args(parser, argv)
+    output_dir = Path(config.output_dir or default_output_dir("big_to_small"))
+    missing = config.missing_api_key()
+    if missing:
+        parser.error(f"the source {config.sampling.model!r} is an API model: pass --api-key or set {missing}")
+    _start(config, output_dir, args)
+    try:
+        summary = run_big_to_small(config, output_dir)
+    except BigToSmallError as exc:
+        parser.error(str(exc))
+    before, after = summary["before"] or {}, summary["after"] or {}
+    print(
+        f"big-to-small {summary['source_model']} → {summary['target_model']}: greedy pass@1 "
+        f"{before.get('greedy_pass_at_1')} → {after.get('greedy_pass_at_1')}, RSR {summary['rsr']}\n"
+        f"  results: {output_dir / 'big_to_small_results.json'}"
+    )
+    return EXIT_OK
+
+
+MAIN_FLAGS: tuple[Flag, ...] = (
+    *(f for f in BTP_FLAGS if f.path != "mode"),
+    Flag(("--btp-mode", "--btp_mode"), "mode", "the BTP mode: btp_only | finetune | openai | deepseek | hybrid"),
+)
+
+
+def parse_main_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ExperimentConfig, Any]:
+    """The main runner's flags: (namespace, experiment config, :class:`~.suite.SuiteSettings`)."""
+    from btp_ray.experiments.baseline import BaselineSettings
+    from btp_ray.experiments.suite import EXPERIMENTS, SuiteSettings, steps_for
+
+    parser = experiment_parser(
+        "jobs/main_experiment.py", "Run the suite's steps into one directory and write one report.", MAIN_FLAGS
+    )
+    parser.add_argument("--experiment", choices=EXPERIMENTS, default="all")
+    parser.add_argument(
+        "--mode", choices=tuple(PRESETS), default=None, help="size preset (max-problems/num-beams/n-iterations)"
+    )
+    parser.add_argument(*_both("--baseline-samples"), type=int, default=None, help="baseline samples per problem")
+    parser.add_argument(*_both("--target-model-small"), default=None, help="big-to-small target (default: target)")
+    parser.add_argument(*_both("--dashboard"), choices=("on", "off"), default="off", help="start the Ray dashboard")
+    _ablation_flags(parser)
+    _hyperparam_flags(parser)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    preset = _preset_of(raw)
+    args, config = parse_experiment_args(parser, [*(["--preset", preset] if preset else []), *raw], MAIN_FLAGS)
+    samples = args.baseline_samples or config.eval_samples or 10
+    settings = _settings_or_exit(
+        parser,
+        lambda a: SuiteSettings(
+            steps=steps_for(a.experiment),
+            preset=a.mode,
+            baseline=BaselineSettings(num_samples=samples),
+            ablation=_ablation_settings(a),
+            hyperparam=_hyperparam_settings(a),
+            target_model=a.target_model_small,
+        ),
+        args,
+    )
+    return args, config, settings
+
+
+def main_experiment_main(argv: Sequence[str] | None = None) -> int:
+    from btp_ray.experiments.suite import Suite
+
+    args, config, settings = parse_main_args(argv)
+    output_dir = Path(config.output_dir or default_output_dir("experiment"))
+    _start(config, output_dir, args, dashboard=args.dashboard == "on")
+    suite = Suite(config, settings, output_dir).run()
+    print(f"\nexperiment suite ({args.experiment}, preset {args.mode}): {output_dir}")
+    for name, step in suite["steps"].items():
+        print(f"  {name:<13} {step['status']:<7} {step['wall_s']:.0f} s  {step.get('error') or step['dir']}")
+    print(f"  report: {output_dir / 'experiment_report.md'}")
+    return EXIT_OK if all(s["status"] == "ok" for s in suite["steps"].values()) else EXIT_FAILED
+
+
+def _preset_of(argv: Sequence[str]) -> str | None:
+    """The main runner's ``--mode`` is the seed's size preset; it becomes ``--preset`` so flags given after it win."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--mode" and i + 1 < len(argv) else None
+        if arg.startswith("--mode="):
+            value = arg.split("=", 1)[1]
+        if value in PRESETS:
+            return value
+    return None  # no preset, or an invalid one that argparse reports under --mode

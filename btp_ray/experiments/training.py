@@ -1,0 +1,138 @@
+"""Fine-tuning one study arm or trial on a drawn batch: the replay draw becomes SFT examples on exactly the prompt the
+sampler showed the model, and a trainer turns them into an adapter.
+
+Two trainers, one training code: :class:`LocalTrainer` runs the plain ``Learner`` in this process and keeps the base
+model loaded across arms; :class:`RayTrainTrainer` runs the same ``Learner`` as a Ray Train ``TorchTrainer`` job. On
+a small CPU machine the TorchTrainer's fixed start-up (~45 s per fit, see FACTS.md) dominates an ablation of
+arms × seeds fits of a few steps each, so studies default to the local trainer; on a cluster use ``ray_train``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from btp_ray.data.types import Problem
+from btp_ray.replay import Experience
+from btp_ray.training import TrainingConfig, TrainingExample
+
+
+class TrainerKind(str, enum.Enum):
+    LOCAL = "local"
+    RAY_TRAIN = "ray_train"
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What one fit produced: the adapter folder and the per-step losses."""
+
+    adapter_dir: Path
+    losses: tuple[float, ...]
+    wall_s: float
+    overhead_s: float
+    examples: int
+
+    @property
+    def first_loss(self) -> float:
+        return self.losses[0]
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "adapter_dir": str(self.adapter_dir),
+            "losses": list(self.losses),
+            "first_loss": self.first_loss,
+            "final_loss": self.final_loss,
+            "wall_s": self.wall_s,
+            "overhead_s": self.overhead_s,
+            "examples": self.examples,
+        }
+
+
+class Trainer(Protocol):
+    def train(self, experiences: Sequence[Experience], *, seed: int, output_dir: Path) -> TrainSummary: ...
+
+
+def training_examples(learner: Any, experiences: Sequence[Experience], problems: dict[str, Problem]) -> list:
+    """SFT examples on the prompt the sampler used (the chat user message, or the raw prompt)."""
+    from btp_ray.sampling.base import user_message
+    from btp_ray.training import PromptFormat
+    from btp_ray.training.dataset import resolve_prompt_format
+
+    chat = resolve_prompt_format(learner.config.prompt_format, learner.tokenizer) is PromptFormat.CHAT
+    return [
+        TrainingExample(
+            prompt=user_message(problems[e.problem_id]) if chat else e.prompt,
+            program=e.code,
+            weight=float(e.p2value or 0.0),
+            problem_id=e.problem_id,
+        )
+        for e in experiences
+    ]
+
+
+class LocalTrainer:
+    """The one-process ``Learner``; one learner (one loaded base model) per training seed, the latest kept."""
+
+    def __init__(self, config: TrainingConfig, problems: Sequence[Problem]) -> None:
+        self.config = config
+        self.problems = {p.task_id: p for p in problems}
+        self._learner: Any = None
+
+    def _learner_for(self, seed: int) -> Any:
+        from btp_ray.training import Learner
+
+        if self._learner is None or self._learner.config.seed != seed:
+            self._learner = Learner(dataclasses.replace(self.config, seed=seed))
+        return self._learner
+
+    def train(self, experiences: Sequence[Experience], *, seed: int, output_dir: Path) -> TrainSummary:
+        learner = self._learner_for(seed)
+        examples = training_examples(learner, experiences, self.problems)
+        started = time.perf_counter()
+        result = learner.train(examples, output_dir=output_dir, iteration=1)
+        return TrainSummary(
+            adapter_dir=Path(output_dir),
+            losses=tuple(m.loss for m in result.step_metrics),
+            wall_s=time.perf_counter() - started,
+            overhead_s=result.overhead_seconds,
+            examples=len(examples),
+        )
+
+
+class RayTrainTrainer:
+    """The same learner as a Ray Train ``TorchTrainer`` job per fit (needs Ray)."""
+
+    def __init__(self, config: TrainingConfig, problems: Sequence[Problem]) -> None:
+        self.config = config
+        self.problems = {p.task_id: p for p in problems}
+
+    def train(self, experiences: Sequence[Experience], *, seed: int, output_dir: Path) -> TrainSummary:
+        from btp_ray.training import RayLearner
+
+        learner = RayLearner(dataclasses.replace(self.config, seed=seed))
+        examples = training_examples(learner, experiences, self.problems)
+        started = time.perf_counter()
+        result = learner.train(examples, iteration=1, output_dir=output_dir, run_name=f"study-{output_dir.name}")
+        return TrainSummary(
+            adapter_dir=Path(output_dir),
+            losses=tuple(m.loss for m in result.step_metrics),
+            wall_s=time.perf_counter() - started,
+            overhead_s=result.overhead_seconds,
+            examples=len(examples),
+        )
+
+
+def make_trainer(kind: TrainerKind | str, config: TrainingConfig, problems: Sequence[Problem]) -> Trainer:
+    kind = TrainerKind(kind)
+    if kind is TrainerKind.RAY_TRAIN:
+        return RayTrainTrainer(config, problems)
+    return LocalTrainer(config, problems)

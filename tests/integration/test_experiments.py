@@ -1,0 +1,93 @@
+"""The studies on a real local Ray with real parts: a random-weight tiny Llama (the embedded model's tokenizer and
+chat template) sampled by the Ray sampler pool, the sandbox executor pool, the replay buffer, LoRA fine-tuning and
+Ray Tune. The tiny model solves nothing; what is checked is the machinery: one pool shared by every arm, the same
+pool on a rerun, CIs over seeds, Tune trials (one made to fail) and the results written to disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from btp_ray.experiment_config import build_experiment_config
+from btp_ray.experiments.ablation import AblationSettings, AblationStudy, Arm
+from btp_ray.experiments.common import load_split, open_pools
+from btp_ray.experiments.hyperparam import HyperparamSettings, run_hyperparam_study
+from btp_ray.experiments.pool import CandidatePool, build_pool
+from btp_ray.experiments.training import make_trainer
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from btp_ray.training.tiny_model import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+def tiny_config(model: Path) -> object:
+    return build_experiment_config(
+        {
+            "sampling": {"model": str(model)},
+            "max_problems": 3,
+            "eval_fraction": 0.34,
+            "batch_size": 4,
+            "problem_batch_size": 1,
+            "generation": {"num_candidates": 2, "max_new_tokens": 24},
+            "training": {"max_steps": 2, "max_seq_len": 256, "per_device_batch_size": 2},
+        }
+    )
+
+
+def test_ablation_and_tune_study_share_one_reproducible_pool(ray_cluster, tiny_model: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_model)
+    train, evaluation = load_split(config)
+    assert len(train) == 2 and len(evaluation) == 1
+    with open_pools(config) as pools:
+        again, _ = build_pool(pools.sampler, pools.executor, train, config.generation, batch_size=1)
+        arms = (Arm.P2VALUE_POWER, Arm.UNIFORM, Arm.NO_REPLAY)
+        study = AblationStudy(
+            config,
+            AblationSettings(arms=arms, seeds=(0, 1, 2)),
+            pools=pools,
+            trainer=make_trainer("local", config.training, train),
+            train_problems=train,
+            eval_problems=evaluation,
+            output_dir=tmp_path / "ablation",
+        )
+        results = study.run()
+    pool = CandidatePool.load(tmp_path / "ablation" / "candidate_pool.json")
+    assert again.digest == pool.digest  # same config, seed and backend: the same sampled pool
+    assert len(pool.entries) == 4 and results["pool"]["digest"] == pool.digest
+    rows = results["rows"]
+    assert [(r["arm"], r["seed"]) for r in rows] == [(a.value, s) for s in (0, 1, 2) for a in arms]
+    assert {r["pool_digest"] for r in rows} == {pool.digest}  # every arm and seed drew from the identical pool
+    for row in rows:
+        if row["arm"] == "no_replay":  # the tiny model passes nothing: the filter arm has no data, and says so
+            assert row["status"] == "no_data" and "train" not in row
+            continue
+        assert row["status"] == "ok", row.get("error")
+        assert len(row["train"]["losses"]) == 2 and Path(row["train"]["adapter_dir"], "adapter_config.json").is_file()
+        assert row["eval"]["num_problems"] == 1 and row["metrics"]["eval_pass_at_1"] == 0.0
+    power = results["aggregate"]["p2value_power"]["metrics"]["final_loss"]
+    losses = [r["metrics"]["final_loss"] for r in rows if r["arm"] == "p2value_power"]
+    assert power["n"] == 3 and power["mean"] == pytest.approx(sum(losses) / 3)
+    assert power["low"] <= power["mean"] <= power["high"]
+    assert json.loads((tmp_path / "ablation" / "ablation_results.json").read_text())["rows"] == rows
+    info = json.loads((tmp_path / "ablation" / "run_info.json").read_text())
+    assert info["seeds"]["arm_seeds"] == [0, 1, 2] and "git_commit" in info["environment"]
+
+    # Ray Tune over the same pool; the second trial's learning rate is invalid, so that trial raises.
+    settings = HyperparamSettings(max_configs=3, values={"learning_rate": (2e-4, -1.0, 1e-3)}, early_stopping=False)
+    study = run_hyperparam_study(
+        config, settings, pool=pool, train_problems=train, eval_problems=evaluation, output_dir=tmp_path / "tune"
+    )
+    trials = study["trials"]
+    assert [t["knobs"]["learning_rate"] for t in trials] == [2e-4, -1.0, 1e-3]
+    assert [t["status"] for t in trials] == ["completed", "error", "completed"]
+    assert "learning_rate" in trials[1]["error"] and study["num_errors"] == 1
+    assert {t["metrics"]["pool_digest"] for t in trials if t["status"] == "completed"} == {pool.digest}
+    assert all(t["metrics"]["training_iteration"] == 3 for t in trials if t["status"] == "completed")
+    assert study["best"]["index"] in (0, 2)
+    assert [p["value"] for p in study["sensitivity"]["learning_rate"]] == [2e-4, 1e-3]
+    assert len(list(Path(study["tune_path"]).glob("tune_trainable_*"))) == 3  # Tune's own trial directories
