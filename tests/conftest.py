@@ -47,4 +47,4 @@ def ray_cluster():
     finally:
         from btp_ray.pipeline.services import shutdown_ray
 
-        shutdown_ray(timeout_s=60)
+        shutdown_ray(timeout_s=20)  # a normal shutdown takes 1-5 s; see shutdown_ray for the hang it guards
