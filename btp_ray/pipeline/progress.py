@@ -59,6 +59,7 @@ class RunMetrics:
         "btp_mean_pass_rate",
         "btp_train_loss",
         "btp_train_tokens_per_second",
+        "btp_train_peak_memory_mb",
         "btp_eval_pass_at_1",
     )
 

@@ -403,6 +403,8 @@ class BTPPipeline:
         summary = dict(result.manifest.metrics)
         self.metrics.gauge("btp_train_loss", summary.get("final_loss", summary.get("loss", 0.0)))
         self.metrics.gauge("btp_train_tokens_per_second", result.tokens_per_second)
+        # GPU memory allocated at peak when training on GPUs; the learner's peak RSS on CPUs.
+        self.metrics.gauge("btp_train_peak_memory_mb", summary.get("peak_memory_mb", 0.0))
         return {
             "adapter": name,
             "adapter_dir": str(output),
