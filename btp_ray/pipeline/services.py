@@ -61,7 +61,17 @@ def shutdown_ray(timeout_s: float = 60.0) -> bool:
         return True
     logger.warning("ray.shutdown() did not return in %.0f s; killing the local Ray processes", timeout_s)
     if node is not None:
+        import contextlib
+
+        import psutil
+
+        # Everything this driver's cluster started descends from it; some (the dashboard agent) outlive the node's
+        # own kill, so sweep them too.
+        descendants = psutil.Process().children(recursive=True)
         node.kill_all_processes(check_alive=False, allow_graceful=False)
+        for process in descendants:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
     worker.join(30)
     return False
 
