@@ -97,7 +97,8 @@ def _start(config: ExperimentConfig, output_dir: Path, args: argparse.Namespace,
 
 def baseline_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.baseline import BaselineSettings, run_baseline
-    from btp_ray.experiments.common import load_split, open_pools
+    from btp_ray.experiments.common import open_pools
+    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser(
         "jobs/baseline.py", "Sample-and-filter baseline: n samples per problem, sandboxed tests, pass@k."
@@ -120,8 +121,9 @@ def baseline_main(argv: Sequence[str] | None = None) -> int:
 
 def ablation_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.ablation import AblationStudy
-    from btp_ray.experiments.common import load_split, open_pools
+    from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.training import make_trainer
+    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser("jobs/ablation.py", "Replay-strategy ablation over one shared candidate pool.")
     _ablation_flags(parser)
@@ -148,9 +150,10 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
 
 
 def hyperparam_main(argv: Sequence[str] | None = None) -> int:
-    from btp_ray.experiments.common import load_split, open_pools
+    from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.hyperparam import run_hyperparam_study
     from btp_ray.experiments.pool import CandidatePool, build_pool
+    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser(
         "jobs/hyperparam.py", "Hyperparameter study as Ray Tune trials over one shared candidate pool."

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from btp_ray.config import to_dict
-from btp_ray.data import Problem, load_problems, split_problems
+from btp_ray.data import Problem
 from btp_ray.execution import ExecutionResult
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.io import atomic_write_json
@@ -87,17 +87,6 @@ def open_pools(config: ExperimentConfig, model: str | None = None) -> Pools:
         executor.close()
         raise
     return Pools(sampler=sampler, executor=executor)
-
-
-def load_split(config: ExperimentConfig) -> tuple[list[Problem], list[Problem]]:
-    """The run's problems split into (train, held-out eval) exactly as the BTP pipeline splits them."""
-    problems = load_problems(config.dataset, split=config.split, limit=config.max_problems, path=config.data_path)
-    if config.eval_fraction > 0 or config.eval_on_train:
-        split = split_problems(
-            problems, eval_fraction=config.eval_fraction, seed=config.seed, overlap=config.eval_on_train
-        )
-        return list(split.train), list(split.eval)
-    return list(problems), []
 
 
 def run_record(config: Any, seeds: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:

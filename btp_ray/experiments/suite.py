@@ -26,10 +26,11 @@ from typing import Any
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.experiments.ablation import AblationSettings, AblationStudy
 from btp_ray.experiments.baseline import BaselineSettings, run_baseline
-from btp_ray.experiments.common import load_split, open_pools, run_record, write_json
+from btp_ray.experiments.common import open_pools, run_record, write_json
 from btp_ray.experiments.hyperparam import HyperparamSettings, run_hyperparam_study
 from btp_ray.experiments.pool import CandidatePool, build_pool
 from btp_ray.experiments.report import write_report
+from btp_ray.pipeline.runner import load_split
 
 logger = logging.getLogger(__name__)
 

@@ -33,6 +33,8 @@ PHASE_SAMPLE = "sample"
 PHASE_BUFFER = "buffer"
 PHASE_TRAIN = "train"
 PHASE_EVAL = "eval"
+# How many logged BTP candidates have reached the replay buffer (a resume tops up the rest).
+BUFFER_PROGRESS = "buffer_progress.json"
 
 
 @dataclass
@@ -104,6 +106,17 @@ def experience_of(problem: Problem, candidate: Candidate, result: ExecutionResul
     )
 
 
+def load_split(config: ExperimentConfig) -> tuple[list[Problem], list[Problem]]:
+    """The run's problems as (BTP training problems, held-out evaluation problems)."""
+    problems = load_problems(config.dataset, split=config.split, limit=config.max_problems, path=config.data_path)
+    if config.eval_fraction > 0 or config.eval_on_train:
+        split = split_problems(
+            problems, eval_fraction=config.eval_fraction, seed=config.seed, overlap=config.eval_on_train
+        )
+        return list(split.train), list(split.eval)
+    return list(problems), []
+
+
 class BTPPipeline:
     """Runs (or resumes) one BTP experiment into a run directory."""
 
@@ -112,20 +125,13 @@ class BTPPipeline:
         self.run = run
         self.metrics = RunMetrics(run.path.name)
         self.history: list[dict[str, Any]] = []
-        problems = load_problems(config.dataset, split=config.split, limit=config.max_problems, path=config.data_path)
-        if config.eval_fraction > 0 or config.eval_on_train:
-            split = split_problems(
-                problems, eval_fraction=config.eval_fraction, seed=config.seed, overlap=config.eval_on_train
-            )
-            self.train_problems, self.eval_problems = split.train, split.eval
-        else:
-            self.train_problems, self.eval_problems = list(problems), []
+        self.train_problems, self.eval_problems = load_split(config)
         if not self.train_problems:
             raise ValueError(
-                f"no training problems: {len(problems)} problems with eval_fraction={config.eval_fraction}; "
+                f"no training problems: {len(self.eval_problems)} problems with eval_fraction={config.eval_fraction}; "
                 "raise --max-problems or lower eval_fraction"
             )
-        self.problems_by_id = {p.task_id: p for p in problems}
+        self.problems_by_id = {p.task_id: p for p in self.train_problems + self.eval_problems}
         self._ray_learner: Any = None
 
     # -- the run -------------------------------------------------------------------------------------------------
@@ -214,7 +220,7 @@ class BTPPipeline:
             raise
         import ray
 
-        record["buffer"] = _stats_dict(ray.get(services.replay.stats.remote()))
+        record["buffer"] = ray.get(services.replay.stats.remote()).to_dict()
         self.metrics.gauge("btp_buffer_size", record["buffer"].get("size", 0))
         if training:
             record["train"] = self._train_phase(services, iteration, pending)
@@ -322,32 +328,22 @@ class BTPPipeline:
         return experiences, records
 
     def _mark_buffered(self, count: int) -> None:
-        progress = self.run.read_json("buffer_progress.json", default={"lines": 0})
+        progress = self.run.read_json(BUFFER_PROGRESS, default={"lines": 0})
         progress["lines"] += count
-        self.run.write_json("buffer_progress.json", progress)
+        self.run.write_json(BUFFER_PROGRESS, progress)
 
     def _sync_buffer(self, services: Services, iteration: int) -> None:
         """Add logged candidates that never reached the buffer (a crash between the log append and the add)."""
         import ray
 
-        progress = self.run.read_json("buffer_progress.json", default={"lines": 0})
+        progress = self.run.read_json(BUFFER_PROGRESS, default={"lines": 0})
         btp_lines = [r for r in self.run.iter_candidates() if r["phase"] == "btp"]
         missing = btp_lines[progress["lines"] :]
         if not missing:
             return
         logger.info("resume: adding %d logged candidates to the replay buffer", len(missing))
         experiences = [
-            Experience(
-                problem_id=r["task_id"],
-                code=r["program"],
-                per_test=tuple(r["per_test"]) or tuple(False for _ in self.problems_by_id[r["task_id"]].tests),
-                prompt=self.problems_by_id[r["task_id"]].prompt,
-                source_model=str(r["sampler"].get("model", "")),
-                iteration=r["iteration"],
-                token_count=r["num_tokens"],
-                mean_token_logprob=r["mean_logprob"],
-            )
-            for r in missing
+            experience_of(self.problems_by_id[r["task_id"]], *_replay_pair(r), r["iteration"]) for r in missing
         ]
         ray.get(services.replay.add.remote(experiences))
         self._mark_buffered(len(missing))
@@ -586,13 +582,3 @@ def _replay_pair(record: dict[str, Any]) -> tuple[Candidate, ExecutionResult]:
         wall_s=record["test_wall_s"],
     )
     return candidate, result
-
-
-def _stats_dict(stats: Any) -> dict[str, Any]:
-    if hasattr(stats, "to_dict"):
-        return stats.to_dict()
-    if isinstance(stats, dict):
-        return stats
-    from dataclasses import asdict
-
-    return asdict(stats)

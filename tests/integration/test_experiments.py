@@ -12,10 +12,11 @@ import pytest
 
 from btp_ray.experiment_config import build_experiment_config
 from btp_ray.experiments.ablation import AblationSettings, AblationStudy, Arm
-from btp_ray.experiments.common import load_split, open_pools
+from btp_ray.experiments.common import open_pools
 from btp_ray.experiments.hyperparam import HyperparamSettings, run_hyperparam_study
 from btp_ray.experiments.pool import CandidatePool, build_pool
 from btp_ray.experiments.training import make_trainer
+from btp_ray.pipeline.runner import load_split
 
 
 @pytest.fixture(scope="module")
