@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from btp_ray.training.config import LearnerError, PromptFormat
+from btp_ray.training.config import LearnerError, PromptFormat, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -233,3 +233,14 @@ def collate(features: Sequence[SFTFeature], pad_token_id: int) -> dict[str, Any]
         attention_mask[row, :length] = 1
     weights = torch.tensor([feature.weight for feature in features], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "weights": weights}
+
+
+def build_sft_dataset_for(config: TrainingConfig, examples: Sequence[TrainingExample], tokenizer: Any) -> SFTDataset:
+    """:func:`build_sft_dataset` with the length, prompt format and system prompt of ``config``."""
+    return build_sft_dataset(
+        examples,
+        tokenizer,
+        max_seq_len=config.max_seq_len,
+        prompt_format=config.prompt_format,
+        system_prompt=config.system_prompt,
+    )

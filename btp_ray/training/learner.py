@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from btp_ray.training.config import LearnerError, Strategy, TrainingConfig, Weighting
-from btp_ray.training.dataset import IGNORE_INDEX, SFTDataset, TrainingExample, build_sft_dataset, collate
+from btp_ray.training.dataset import IGNORE_INDEX, SFTDataset, TrainingExample, build_sft_dataset_for, collate
 from btp_ray.training.distributed import TrainEngine, rank_and_world, single_process_group
 from btp_ray.training.modeling import (
     apply_lora,
@@ -63,13 +63,7 @@ class Learner:
         self._load_base()
 
     def build_dataset(self, examples: Sequence[TrainingExample]) -> SFTDataset:
-        return build_sft_dataset(
-            examples,
-            self.tokenizer,
-            max_seq_len=self.config.max_seq_len,
-            prompt_format=self.config.prompt_format,
-            system_prompt=self.config.system_prompt,
-        )
+        return build_sft_dataset_for(self.config, examples, self.tokenizer)
 
     def _load_base(self) -> Any:
         if self._base_model is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from btp_ray.training.config import LearnerError, Strategy, TrainingConfig
-from btp_ray.training.dataset import SFTDataset, TrainingExample, build_sft_dataset
+from btp_ray.training.dataset import SFTDataset, TrainingExample, build_sft_dataset_for
 from btp_ray.training.distributed import ensure_torch_extensions_dir
 from btp_ray.training.learner import Learner
 from btp_ray.training.modeling import (
@@ -96,13 +96,7 @@ class RayLearner:
                 raise LearnerError("strategy='deepspeed' needs the deepspeed package (pip install deepspeed)") from exc
 
     def build_dataset(self, examples: Sequence[TrainingExample]) -> SFTDataset:
-        return build_sft_dataset(
-            examples,
-            self.tokenizer,
-            max_seq_len=self.config.max_seq_len,
-            prompt_format=self.config.prompt_format,
-            system_prompt=self.config.system_prompt,
-        )
+        return build_sft_dataset_for(self.config, examples, self.tokenizer)
 
     def train(
         self,
