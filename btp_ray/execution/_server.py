@@ -13,7 +13,8 @@ Isolation, applied once in the server (inherited by every child): mount, network
 installation re-exposed read-only when it lives under a directory the sandbox uid cannot enter (e.g. ``/root``).
 Applied per child, in order: a fresh PID namespace whose init is the child (its exit kills everything the run
 spawned), a new session, ``PR_SET_PDEATHSIG``, rlimits, a private scratch directory, an unprivileged uid of its own,
-``no_new_privs``, Landlock (writes only beneath scratch, no TCP, no signals or ptrace outside its domain), seccomp.
+``no_new_privs``, Landlock (writes only beneath scratch, no TCP, no signals or ptrace outside its domain), seccomp
+(its BPF program is compiled once in the server; a child only installs it).
 """
 
 import contextlib
@@ -40,7 +41,9 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
 PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
 MS_RDONLY = 1
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -59,9 +62,52 @@ LANDLOCK_FS_ALL_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 
 LANDLOCK_NET_ALL = 1 | 2  # BIND_TCP | CONNECT_TCP
 LANDLOCK_SCOPE_ALL = 1 | 2  # ABSTRACT_UNIX_SOCKET | SIGNAL
 RESULT_FD = 3
+# Denied with EPERM in every child (see _seccomp_bpf for the argument-filtered clone/clone3/socket rules).
+SECCOMP_DENIED = (
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "kexec_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "syslog",
+    "acct",
+    "settimeofday",
+    "clock_settime",
+    "adjtimex",
+    "personality",
+    "io_uring_setup",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "fanotify_init",
+    "kcmp",
+    "pidfd_getfd",
+)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+
+
+class _SockFprog(ctypes.Structure):
+    """The kernel's ``struct sock_fprog``: a classic-BPF program for ``PR_SET_SECCOMP``."""
+
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
 def _check(ret, what):
@@ -292,7 +338,7 @@ class Isolation:
         self.is_root = os.geteuid() == 0
         self.own_pidns_fd = None
         self.landlock_abi = 0
-        self.seccomp_module = None
+        self.seccomp_program = None
         self.drop_uid = None
 
     def _miss(self, name, why):
@@ -365,11 +411,15 @@ class Isolation:
                 self._miss(name, exc)
         for module_name in ("pyseccomp", "seccomp"):
             try:
-                self.seccomp_module = __import__(module_name)
-                self.features.append("seccomp")
-                break
+                module = __import__(module_name)
             except ImportError:
                 continue
+            try:
+                self.seccomp_program = _SeccompProgram(_seccomp_bpf(module))
+                self.features.append("seccomp")
+            except Exception as exc:
+                self._miss("seccomp", f"{module_name} could not compile the filter: {exc}")
+            break
         else:
             self._miss("seccomp", "install pyseccomp (pip) or python3-seccomp (apt)")
 
@@ -443,8 +493,8 @@ class Isolation:
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if self.landlock_abi:
             self._landlock(scratch)
-        if self.seccomp_module is not None:
-            self._seccomp()
+        if self.seccomp_program is not None:
+            self.seccomp_program.load()
 
     def _landlock(self, scratch):
         abi = self.landlock_abi
@@ -466,59 +516,51 @@ class Isolation:
         _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
         os.close(ruleset)
 
-    def _seccomp(self):
-        sc = self.seccomp_module
-        filt = sc.SyscallFilter(defaction=sc.ALLOW)
-        deny = sc.ERRNO(errno.EPERM)
-        for name in (
-            "ptrace",
-            "process_vm_readv",
-            "process_vm_writev",
-            "mount",
-            "umount2",
-            "pivot_root",
-            "chroot",
-            "unshare",
-            "setns",
-            "keyctl",
-            "add_key",
-            "request_key",
-            "bpf",
-            "perf_event_open",
-            "userfaultfd",
-            "kexec_load",
-            "init_module",
-            "finit_module",
-            "delete_module",
-            "reboot",
-            "swapon",
-            "swapoff",
-            "syslog",
-            "acct",
-            "settimeofday",
-            "clock_settime",
-            "adjtimex",
-            "personality",
-            "io_uring_setup",
-            "open_by_handle_at",
-            "name_to_handle_at",
-            "fanotify_init",
-            "kcmp",
-            "pidfd_getfd",
-        ):
-            try:
-                filt.add_rule(deny, name)
-            except Exception:  # a syscall unknown to this libseccomp/architecture
-                continue
-        clone_newcgroup = 0x02000000
-        namespace_bits = (CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET)
-        for bit in (*namespace_bits, clone_newcgroup):
-            filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
-        # clone3 passes flags in memory that seccomp cannot inspect: ENOSYS makes libc fall back to clone.
-        filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
-        for family in (2, 10, 16, 17):  # AF_INET, AF_INET6, AF_NETLINK, AF_PACKET
-            filt.add_rule(deny, "socket", sc.Arg(0, sc.EQ, family))
-        filt.load()
+
+def _seccomp_bpf(sc):
+    """The seccomp filter as classic BPF, compiled once by libseccomp so that each child only has to install it."""
+    filt = sc.SyscallFilter(defaction=sc.ALLOW)
+    deny = sc.ERRNO(errno.EPERM)
+    for name in SECCOMP_DENIED:
+        try:
+            filt.add_rule(deny, name)
+        except Exception:  # a syscall unknown to this libseccomp/architecture
+            continue
+    clone_newcgroup = 0x02000000
+    namespace_bits = (CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET)
+    for bit in (*namespace_bits, clone_newcgroup):
+        filt.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
+    # clone3 passes flags in memory that seccomp cannot inspect: ENOSYS makes libc fall back to clone.
+    filt.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    for family in (2, 10, 16, 17):  # AF_INET, AF_INET6, AF_NETLINK, AF_PACKET
+        filt.add_rule(deny, "socket", sc.Arg(0, sc.EQ, family))
+    fd = os.memfd_create("seccomp-bpf")
+    try:
+        with open(fd, "w+b", closefd=False) as export:
+            filt.export_bpf(export)
+        size = os.lseek(fd, 0, os.SEEK_END)
+        program = os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+    if not program or len(program) % 8:
+        raise OSError(f"libseccomp exported {len(program)} bytes, not whole 8-byte BPF instructions")
+    return program
+
+
+class _SeccompProgram:
+    """A compiled filter held in the server; ``load`` in a child costs one ``prctl`` (no_new_privs must be set)."""
+
+    def __init__(self, program):
+        self._buffer = ctypes.create_string_buffer(program, len(program))
+        self._fprog = _SockFprog(len(program) // 8, ctypes.addressof(self._buffer))
+
+    def load(self):
+        _check(
+            _libc.prctl(
+                ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER), ctypes.byref(self._fprog), 0, 0
+            ),
+            "seccomp",
+        )
 
 
 # -------------------------------------------------------------------------------------------------------- running
