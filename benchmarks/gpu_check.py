@@ -164,34 +164,97 @@ def section_vllm(ctx: Context) -> dict[str, Any]:
 
 
 def section_hf_baseline(ctx: Context) -> dict[str, Any]:
-    """HF beam search on the same model and prompts, and the vLLM beams' log-probs re-scored by HF teacher forcing
-    (bf16 on both sides, so differences of a few 1e-2 per token are numerical, not a bug)."""
+    """HF beam search on the same model and prompts; its beams' mean log-probs against a float32 re-scoring, and
+    vLLM's too when the vLLM section ran (bf16, so differences of a few 1e-2 per token are numerical, not a bug)."""
     from btp_ray.sampling import GenerationParams, SamplerConfig
     from btp_ray.sampling.hf import HFSampler, teacher_forced_logprobs
 
     assert ctx.model_dir is not None, "build_model must run first"
+    device, dtype = _device()
     config = SamplerConfig(
-        model=str(ctx.model_dir), backend="hf", device="cuda", dtype="bfloat16", hf_batch_size=ctx.args.batch
+        model=str(ctx.model_dir), backend="hf", device=device, dtype=dtype, hf_batch_size=ctx.args.batch
     )
     sampler = HFSampler(config)
     problems = _problems(ctx)
     beam = GenerationParams(strategy="beam", num_candidates=ctx.args.beams, max_new_tokens=ctx.args.max_new_tokens)
-    out: dict[str, Any] = {}
-    out["beam"], _ = _timed(sampler, problems, beam)
-    vllm_results = ctx.beam_results
-    if vllm_results:
+    out: dict[str, Any] = {"device": sampler.usage()["device"], "dtype": dtype}
+    out["beam"], hf_results = _timed(sampler, problems, beam)
+    out["beam"]["distinct_per_problem"] = [len({c.token_ids for c in cs}) for cs in hf_results]
+    out["beam"]["sorted_by_score"] = all(
+        [c.score for c in cs] == sorted((c.score for c in cs), reverse=True) for cs in hf_results
+    )
+    # The sampler reports log-probs from its own bf16 forward pass; re-score its beams in float32 to see what bf16
+    # costs the possibility term, and re-score vLLM's beams (when that section ran) to compare the two engines.
+    reference = _float32_model(ctx.model_dir, sampler.model.device)
+    for label, rescored in (("hf", hf_results), ("vllm", ctx.beam_results)):
+        if not rescored:
+            continue
         worst = 0.0
-        for problem, candidates in zip(problems, vllm_results, strict=True):
+        for problem, candidates in zip(problems, rescored, strict=True):
             prompt = sampler.renderer.render(problem, beam)
-            recomputed = teacher_forced_logprobs(sampler.model, prompt.token_ids, [c.token_ids for c in candidates])
+            recomputed = teacher_forced_logprobs(reference, prompt.token_ids, [c.token_ids for c in candidates])
             for candidate, expected in zip(candidates, recomputed, strict=True):
                 mean = sum(expected) / max(len(expected), 1)
                 worst = max(worst, abs(mean - candidate.mean_logprob))
-        out["max_abs_mean_logprob_diff_vllm_vs_hf"] = round(worst, 5)
+        out[f"max_abs_mean_logprob_diff_{label}_vs_float32"] = round(worst, 5)
+    del reference
     sampler.close()
     del sampler
     _free_gpu()
     return out
+
+
+def section_ray_pool(ctx: Context) -> dict[str, Any]:
+    """The Ray path: a :class:`SamplerPool` of one GPU actor (``num_gpus=1`` from the config) serving beam search."""
+    import ray
+
+    from btp_ray.sampling import GenerationParams, SamplerConfig
+    from btp_ray.sampling.pool import SamplerPool
+
+    assert ctx.model_dir is not None, "build_model must run first"
+    backend = "vllm" if ctx.beam_results else "hf"  # vLLM where the vLLM section worked
+    device, dtype = _device()
+    config = SamplerConfig(
+        model=str(ctx.model_dir),
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        hf_batch_size=ctx.args.batch,
+        gpu_memory_utilization=ctx.args.gpu_memory_utilization,
+        max_model_len=2048,
+        enforce_eager=True,
+    )
+    problems = _problems(ctx)
+    beam = GenerationParams(strategy="beam", num_candidates=ctx.args.beams, max_new_tokens=ctx.args.max_new_tokens)
+    started = time.perf_counter()
+    gpus = 1 if device == "cuda" else 0
+    ray.init(address="local", num_cpus=4, num_gpus=gpus, include_dashboard=False, log_to_driver=False)
+    try:
+        out: dict[str, Any] = {"backend": backend, "cluster_gpus": ray.cluster_resources().get("GPU", 0)}
+        with SamplerPool(config) as pool:
+            out["pool_start_s"] = round(time.perf_counter() - started, 1)
+            out["beam"], results = _timed(pool, problems, beam)
+            out["actor_usage"] = pool.usage()
+        out["candidates_per_problem"] = sorted({len(cs) for cs in results})
+    finally:
+        ray.shutdown()
+    if not all(u.get("device", device).startswith(device) for u in out["actor_usage"]):
+        raise RuntimeError(f"the sampler actor did not run on {device}: {out['actor_usage']}")
+    return out
+
+
+def _float32_model(model_dir: Path, device: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+
+
+def _device() -> tuple[str, str]:
+    """(device, dtype): the GPU in bf16; float32 on a CPU, where the check runs as a smoke test of itself."""
+    import torch
+
+    return ("cuda", "bfloat16") if torch.cuda.is_available() else ("cpu", "float32")
 
 
 def _free_gpu() -> None:
@@ -209,6 +272,7 @@ SECTIONS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
     ("build_model", section_build_model),
     ("vllm", section_vllm),
     ("hf_baseline", section_hf_baseline),
+    ("ray_pool", section_ray_pool),
 ]
 
 
@@ -251,6 +315,8 @@ def main() -> None:
     report["ok"] = all(s["ok"] for s in report["sections"].values())
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "sections"} | {"out": str(args.out)}))
+    if not report["ok"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Ratios are against the DDP run. Prints a table, then one JSON line.
     python benchmarks/training_throughput.py --model random-1b --gpu --workers 1 --strategies deepspeed
 
 ``random-1b`` is a random-weight 1B-class Llama (16 layers, hidden 2048, 32 heads, 8 KV heads); ``peak_mb`` is
-peak GPU memory allocated on a GPU, peak RSS of rank 0 on a CPU.
+peak GPU memory allocated on a GPU, peak RSS of rank 0 on a CPU. ``tokens_per_s`` counts every step;
+``steady_tokens_per_s`` leaves out the first ``--warmup-steps``, which on a GPU dominate a short run.
 """
 
 from __future__ import annotations
@@ -35,17 +36,33 @@ def synthetic_examples(count: int, lines: int) -> list[TrainingExample]:
     return examples
 
 
-def resolve_model(name: str, workdir: Path) -> str:
+def resolve_model(name: str, workdir: Path, tokenizer_dir: str | None = None) -> str:
     if name == "tiny":
-        return str(make_tiny_llama(workdir / "tiny", num_layers=2, hidden_size=64))
+        return str(make_tiny_llama(workdir / "tiny", num_layers=2, hidden_size=64, tokenizer_from=tokenizer_dir))
     if name == "random-1b":
         return str(
-            make_tiny_llama(workdir / "random-1b", num_layers=16, hidden_size=2048, num_heads=32, num_kv_heads=8)
+            make_tiny_llama(
+                workdir / "random-1b",
+                num_layers=16,
+                hidden_size=2048,
+                num_heads=32,
+                num_kv_heads=8,
+                tokenizer_from=tokenizer_dir,
+            )
         )
     return name
 
 
-def row(label: str, result: TrainResult) -> dict[str, object]:
+def steady_tokens_per_second(result: TrainResult, warmup_steps: int) -> float | None:
+    """Tokens/s over the steps after the first ``warmup_steps`` (CUDA and allocator warm-up take the first one or
+    two steps: 2.3 s and 1.2 s against 0.13 s later for the 1B model on an H200); None when no step is left."""
+    steady = result.step_metrics[warmup_steps:]
+    seconds = sum(m.step_seconds for m in steady)
+    return sum(m.tokens for m in steady) / seconds if steady and seconds > 0 else None
+
+
+def row(label: str, result: TrainResult, warmup_steps: int) -> dict[str, object]:
+    steady = steady_tokens_per_second(result, warmup_steps)
     return {
         "run": label,
         "workers": result.manifest.world_size,
@@ -54,6 +71,7 @@ def row(label: str, result: TrainResult) -> dict[str, object]:
         "train_s": round(result.train_seconds, 2),
         "total_s": round(result.total_seconds, 2),
         "tokens_per_s": round(result.tokens_per_second, 1),
+        "steady_tokens_per_s": round(steady, 1) if steady is not None else None,
         "first_loss": round(result.first_loss, 4),
         "final_loss": round(result.final_loss, 4),
         "peak_mb": round(result.manifest.metrics["peak_memory_mb"], 1),
@@ -69,8 +87,13 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--strategies", default="ddp,deepspeed", help="comma-separated: ddp, deepspeed")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="steps left out of steady_tokens_per_s")
+    parser.add_argument("--zero-stage", type=int, default=2, choices=(2, 3), help="DeepSpeed ZeRO stage")
     parser.add_argument("--skip-single", action="store_true", help="skip the one-process Learner baseline")
     parser.add_argument("--gpu", action="store_true", help="train on GPUs (bf16), one per worker")
+    parser.add_argument(
+        "--tokenizer-dir", default=None, help="tokenizer of the random models (default: the embedded model's)"
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -81,7 +104,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="btp-train-bench-") as tmp:
         workdir = Path(tmp)
-        model = resolve_model(args.model, workdir)
+        model = resolve_model(args.model, workdir, args.tokenizer_dir)
         examples = synthetic_examples(args.examples, lines=max(4, args.seq_len // 20))
 
         def config(**overrides: object) -> TrainingConfig:
@@ -94,6 +117,7 @@ def main() -> None:
                 "use_gpu": args.gpu,
                 "bf16": args.gpu,
                 "storage_path": str(workdir / "ray"),
+                "zero_stage": args.zero_stage,
             }
             settings.update(overrides)
             return TrainingConfig(**settings)  # type: ignore[arg-type]
@@ -101,16 +125,16 @@ def main() -> None:
         if not args.skip_single:
             device = "cuda" if args.gpu else "cpu"
             result = Learner(config(num_workers=1), device=device).train(examples, output_dir=workdir / "single")
-            rows.append(row("single-process", result))
+            rows.append(row("in-process", result, args.warmup_steps))
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
             for strategy in strategies:
                 result = train_with_ray(config(num_workers=args.workers, strategy=strategy), examples)
-                rows.append(row(result.manifest.strategy, result))
+                rows.append(row(f"ray-{result.manifest.strategy}", result, args.warmup_steps))
         finally:
             ray.shutdown()
 
-    baseline = next((r for r in rows if r["run"] == "ddp"), rows[0])
+    baseline = next((r for r in rows if r["run"] == "ray-ddp"), rows[0])
     for entry in rows:
         entry["tokens_per_s_vs_baseline"] = round(float(entry["tokens_per_s"]) / float(baseline["tokens_per_s"]), 3)
         entry["overhead_vs_baseline"] = (
@@ -124,6 +148,7 @@ def main() -> None:
         "train_s",
         "tokens_per_s",
         "tokens_per_s_vs_baseline",
+        "steady_tokens_per_s",
         "peak_mb",
     ]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}

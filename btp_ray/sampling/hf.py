@@ -103,7 +103,8 @@ class HFSampler(Sampler):
         return f"HFSampler(model={self.config.model!r}, device={self.device!r}, adapter={self._adapter!r})"
 
     def usage(self) -> dict[str, Any]:
-        return {"generated_tokens": self._generated_tokens}
+        """Tokens generated so far and where the model runs (``cuda:0`` under a GPU actor, ``cpu`` otherwise)."""
+        return {"generated_tokens": self._generated_tokens, "device": str(self.model.device)}
 
     def load_adapter(self, path: str, name: str) -> None:
         """Load a PEFT LoRA adapter folder and make it active; the base weights stay in memory untouched."""
