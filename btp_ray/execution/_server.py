@@ -9,17 +9,23 @@ Protocol with the owner (over the server's stdin/stdout): 4-byte big-endian leng
 message is the configuration; the server answers ``{"ok": true, "features": [...], "missing": {...}}``; then each
 request ``{"op": "run", ...}`` gets one response.
 
+Each run gets a fresh child, forked before its request arrives: while one job runs, the server already forks and
+prepares the next job's child (the job-independent setup below), which then waits, still trusted and privileged, for
+its request on a pipe. Only then does it apply the job-dependent layers and run untrusted code.
+
 Isolation, applied once in the server (inherited by every child): mount, network, IPC and UTS namespaces; the Python
 installation re-exposed read-only when it lives under a directory the sandbox uid cannot enter (e.g. ``/root``).
-Applied per child, in order: a fresh PID namespace whose init is the child (its exit kills everything the run
-spawned), a new session, ``PR_SET_PDEATHSIG``, rlimits, a private scratch directory, an unprivileged uid of its own,
-``no_new_privs``, Landlock (writes only beneath scratch, no TCP, no signals or ptrace outside its domain), seccomp
-(its BPF program is compiled once in the server; a child only installs it).
+Applied per child while it is prepared: a fresh PID namespace whose init is the child (its exit kills everything the
+run spawned), a new session, ``PR_SET_PDEATHSIG``, a Landlock ruleset of its own. Applied per child once its job
+arrives, in order: rlimits, a private scratch directory, an unprivileged uid of its own, ``no_new_privs``, Landlock
+(writes only beneath scratch, no TCP, no signals or ptrace outside its domain), seccomp (its BPF program is compiled
+once in the server; a child only installs it).
 """
 
 import contextlib
 import ctypes
 import errno
+import fcntl
 import gc
 import json
 import os
@@ -30,6 +36,7 @@ import signal
 import struct
 import sys
 import tempfile
+import termios
 import time
 import traceback
 
@@ -62,6 +69,7 @@ LANDLOCK_FS_ALL_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 
 LANDLOCK_NET_ALL = 1 | 2  # BIND_TCP | CONNECT_TCP
 LANDLOCK_SCOPE_ALL = 1 | 2  # ABSTRACT_UNIX_SOCKET | SIGNAL
 RESULT_FD = 3
+REQUEST_FD = 4
 # Denied with EPERM in every child (see _seccomp_bpf for the argument-filtered clone/clone3/socket rules).
 SECCOMP_DENIED = (
     "ptrace",
@@ -142,11 +150,15 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
-def _recv(fd):
+def _recv_body(fd):
     header = _read_exact(fd, 4)
     if header is None:
         return None
-    body = _read_exact(fd, struct.unpack(">I", header)[0])
+    return _read_exact(fd, struct.unpack(">I", header)[0])
+
+
+def _recv(fd):
+    body = _recv_body(fd)
     return None if body is None else json.loads(body)
 
 
@@ -338,6 +350,7 @@ class Isolation:
         self.is_root = os.geteuid() == 0
         self.own_pidns_fd = None
         self.landlock_abi = 0
+        self.landlock_ruleset = None
         self.seccomp_program = None
         self.drop_uid = None
 
@@ -471,9 +484,15 @@ class Isolation:
         return False, "the Python installation is not readable by an unprivileged uid"
 
     # ------------------------------------------------------------------------------------------- per child, in child
-    def apply_in_child(self, scratch, limits):
+    def prepare_in_child(self):
+        """The layers that do not depend on the job, applied while the child waits for its request."""
         os.setsid()
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if self.landlock_abi:
+            self.landlock_ruleset = self._landlock_ruleset()
+
+    def apply_in_child(self, scratch, limits):
+        """The layers that need the job's limits and scratch directory, in order, just before its code runs."""
         for which, value in (
             (resource.RLIMIT_AS, limits["address_space_bytes"]),
             (resource.RLIMIT_CPU, limits["cpu_seconds"]),
@@ -492,11 +511,12 @@ class Isolation:
             os.setresuid(self.drop_uid, self.drop_uid, self.drop_uid)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if self.landlock_abi:
-            self._landlock(scratch)
+            self._landlock_restrict(scratch)
         if self.seccomp_program is not None:
             self.seccomp_program.load()
 
-    def _landlock(self, scratch):
+    def _landlock_ruleset(self):
+        """A ruleset private to this child: reads everywhere, writes to ``/dev/null``; the scratch rule comes later."""
         abi = self.landlock_abi
         fs_all = LANDLOCK_FS_ALL_BY_ABI.get(abi, (1 << 16) - 1)
         attr = struct.pack("=QQQ", fs_all, LANDLOCK_NET_ALL if abi >= 4 else 0, LANDLOCK_SCOPE_ALL if abi >= 6 else 0)
@@ -504,15 +524,24 @@ class Isolation:
         buf = ctypes.create_string_buffer(attr[:size], size)
         ruleset = _check(_libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(size), 0), "landlock")
         truncate = 1 << 14
-        for path, access in (
-            ("/", LANDLOCK_FS_READ),
-            (scratch, fs_all),
-            ("/dev/null", 2 | 4 | (truncate if abi >= 3 else 0)),
-        ):
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        self._landlock_rule(ruleset, "/", LANDLOCK_FS_READ)
+        self._landlock_rule(ruleset, "/dev/null", 2 | 4 | (truncate if abi >= 3 else 0))
+        return ruleset
+
+    def _landlock_rule(self, ruleset, path, access):
+        fs_all = LANDLOCK_FS_ALL_BY_ABI.get(self.landlock_abi, (1 << 16) - 1)
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        try:
             rule = ctypes.create_string_buffer(struct.pack("=Qi", access & fs_all, fd), 12)
             _check(_libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, rule, 0), "landlock rule")
+        finally:
             os.close(fd)
+
+    def _landlock_restrict(self, scratch):
+        ruleset, self.landlock_ruleset = self.landlock_ruleset, None
+        if ruleset is None:
+            raise OSError("no Landlock ruleset was prepared in this child")
+        self._landlock_rule(ruleset, scratch, LANDLOCK_FS_ALL_BY_ABI.get(self.landlock_abi, (1 << 16) - 1))
         _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
         os.close(ruleset)
 
@@ -575,6 +604,8 @@ class Server:
         self.isolation = Isolation(config)
         self.encode = None
         self.counter = 0
+        self.prepared = None
+        self.prepare_while_running = False
 
     def start(self):
         self.isolation.setup_once(self.scratch_root)
@@ -586,6 +617,8 @@ class Server:
             except Exception as exc:
                 failed.append(f"{name}: {exc}")
         self.encode = _build_encoder()
+        # Two children at once are apart only when each job has its own PID namespace and is not the server's uid.
+        self.prepare_while_running = self.isolation.own_pidns_fd is not None and self.isolation.drop_uid is not None
         gc.collect()
         gc.freeze()
         vm = _vm_size()
@@ -601,62 +634,99 @@ class Server:
             "landlock_abi": self.isolation.landlock_abi,
         }
 
-    def run(self, request):
-        self.counter += 1
-        scratch = os.path.join(self.scratch_root, f"job{self.counter}")
-        os.mkdir(scratch, 0o700)
-        if self.isolation.drop_uid is not None:
-            os.chown(scratch, self.isolation.drop_uid, self.isolation.drop_uid)
-        try:
-            stdin_path = None
-            if request.get("stdin") is not None:
-                stdin_path = os.path.join(self.scratch_root, f"stdin{self.counter}")
-                with open(stdin_path, "w", encoding="utf-8", errors="surrogatepass") as f:
-                    f.write(request["stdin"])
-            return self._run_child(request, scratch, stdin_path)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            if stdin_path:
-                os.unlink(stdin_path)
-
-    def _run_child(self, request, scratch, stdin_path):
-        limits = request["limits"]
+    def prepare(self):
+        """Fork the next job's child ahead of its request, so that neither the fork nor the job-independent setup
+        delays that job (they overlap the job before it)."""
+        if self.prepared is not None:
+            return
+        req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        child_ends, server_ends = (req_r, res_w, out_w, err_w), (req_w, res_r, out_r, err_r)
         use_pidns = self.isolation.own_pidns_fd is not None
-        if use_pidns:
-            _unshare(CLONE_NEWPID)
-        started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            self._child(request, scratch, stdin_path, limits, (res_w, out_w, err_w))
-        if use_pidns:
-            self.isolation._reset_pidns()
-        for fd in (res_w, out_w, err_w):
-            os.close(fd)
-        pidfd = os.pidfd_open(pid)
-        return self._supervise(request, pid, pidfd, res_r, out_r, err_r, started, use_pidns)
-
-    def _child(self, request, scratch, stdin_path, limits, write_fds):
+        child = None
         try:
-            res_w, out_w, err_w = write_fds
-            stdin_fd = os.open(stdin_path or "/dev/null", os.O_RDONLY)
-            os.dup2(stdin_fd, 0)
+            if use_pidns:
+                _unshare(CLONE_NEWPID)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    self._child(child_ends)  # never returns
+            finally:
+                if use_pidns:
+                    self.isolation._reset_pidns()
+            child = _Prepared(pid, None, *server_ends, use_pidns)
+            child.pidfd = os.pidfd_open(pid)
+        except BaseException:
+            if child is not None:
+                child.close()
+            else:
+                for fd in server_ends:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in child_ends:
+                os.close(fd)
+        self.prepared = child
+
+    def run(self, request, body):
+        self.counter += 1
+        scratch = os.path.join(self.scratch_root, f"job{self.counter}")
+        os.mkdir(scratch, 0o700)
+        child = None
+        try:
+            if self.isolation.drop_uid is not None:
+                os.chown(scratch, self.isolation.drop_uid, self.isolation.drop_uid)
+            for _ in range(2):
+                self.prepare()
+                child, self.prepared = self.prepared, None
+                started = time.monotonic()
+                if _deliver(child.request_w, scratch, body):
+                    if self.prepare_while_running:
+                        # The server would only wait for this job: fork the next one's child now, on the other core.
+                        with contextlib.suppress(Exception):
+                            self.prepare()
+                    reply = self._supervise(request, child, started)
+                    if not _unread(child.request_w):
+                        return reply
+                # It died before it had read all of its job (killed from outside), so no job code ran: run the job
+                # in a fresh child instead.
+                child.close()
+                child = None
+            raise OSError("two prepared children died before receiving their job")
+        finally:
+            if child is not None:
+                child.close()
+            _remove_scratch(scratch)
+
+    def _child(self, fds):
+        """Body of a prepared child: job-independent setup, then wait for the request, isolate and run it."""
+        try:
+            req_r, res_w, out_w, err_w = fds
+            os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.dup2(res_w, RESULT_FD)
-            os.closerange(RESULT_FD + 1, 1 << 16)
+            os.dup2(req_r, REQUEST_FD)
+            os.closerange(REQUEST_FD + 1, 1 << 16)
+            self.isolation.prepare_in_child()
             os.environ.clear()
-            os.environ.update(
-                HOME=scratch, TMPDIR=scratch, PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", USER="sandbox"
-            )
-            self.isolation.apply_in_child(scratch, limits)
+            os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", USER="sandbox")
             # The standard streams live as long as the child: no context manager.
             sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
             sys.stdout = sys.__stdout__ = open(1, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
             sys.stderr = sys.__stderr__ = open(2, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
             sys.argv = ["program"]
+            message = _receive_job(REQUEST_FD)
+            if message is None:  # the server closed, or died, before it had a job for this child
+                os._exit(0)
+            os.close(REQUEST_FD)
+            scratch, request = message[0], json.loads(message[1])
+            if request.get("stdin") is not None:
+                _stdin_from(request["stdin"])
+            os.environ.update(HOME=scratch, TMPDIR=scratch)
+            self.isolation.apply_in_child(scratch, request["limits"])
             tempfile.tempdir = scratch
             _harness(request, self.encode, json.dumps)
         except BaseException as exc:
@@ -666,7 +736,9 @@ class Server:
                 os._exit(71)
         os._exit(0)
 
-    def _supervise(self, request, pid, pidfd, res_r, out_r, err_r, started, use_pidns):
+    def _supervise(self, request, child, started):
+        pid, pidfd, res_r, out_r, err_r = child.pid, child.pidfd, child.result_r, child.out_r, child.err_r
+        use_pidns = child.in_pidns
         limits = request["limits"]
         keep = limits["keep_output_bytes"]
         max_output = limits["max_output_bytes"]
@@ -747,8 +819,7 @@ class Server:
         if not use_pidns:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-        for fd in (res_r, out_r, err_r, pidfd):
-            os.close(fd)
+        child.reaped = True
         code = os.waitstatus_to_exitcode(status)
         return {
             "events": events,
@@ -764,7 +835,79 @@ class Server:
         }
 
     def close(self):
+        if self.prepared is not None:
+            self.prepared.close()
+            self.prepared = None
         shutil.rmtree(self.scratch_root, ignore_errors=True)
+
+
+class _Prepared:
+    """A forked child waiting for its job, and the server's ends of its pipes."""
+
+    def __init__(self, pid, pidfd, request_w, result_r, out_r, err_r, in_pidns):
+        self.pid, self.pidfd, self.in_pidns = pid, pidfd, in_pidns
+        self.request_w, self.result_r, self.out_r, self.err_r = request_w, result_r, out_r, err_r
+        self.reaped = False
+
+    def close(self):
+        """Release the pipes; a child that was never reaped (unused, or its supervision failed) is killed first."""
+        if not self.reaped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+            self.reaped = True
+        for fd in (self.request_w, self.result_r, self.out_r, self.err_r, self.pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.request_w = self.result_r = self.out_r = self.err_r = self.pidfd = None
+
+
+def _deliver(fd, scratch, body):
+    """Hand the job to its prepared child (scratch path, then the request as the owner sent it); False if it died."""
+    path = os.fsencode(scratch)
+    data = memoryview(struct.pack(">II", len(path), len(body)) + path + body)
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except BrokenPipeError:
+        return False
+    return True
+
+
+def _unread(fd):
+    """Bytes written to a pipe that its reader has not read."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _remove_scratch(path):
+    try:
+        os.rmdir(path)  # the usual job leaves nothing: one syscall instead of a tree walk
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _receive_job(fd):
+    header = _read_exact(fd, 8)
+    if header is None:
+        return None
+    path_size, body_size = struct.unpack(">II", header)
+    data = _read_exact(fd, path_size + body_size)
+    if data is None:
+        return None
+    return os.fsdecode(data[:path_size]), data[path_size:]
+
+
+def _stdin_from(text):
+    """Make fd 0 a private in-memory file holding ``text``: nothing of it is visible in the scratch tree."""
+    fd = os.memfd_create("stdin")
+    data = memoryview(text.encode("utf-8", "surrogatepass"))
+    while data:
+        data = data[os.write(fd, data) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.dup2(fd, 0)
+    os.close(fd)
 
 
 def _parse_event(line):
@@ -812,11 +955,17 @@ def main():
     _send(out_fd, hello)
     try:
         while True:
-            request = _recv(in_fd)
-            if request is None or request.get("op") == "close":
+            # A failure to prepare is reported by the run that needs the child, which prepares again.
+            with contextlib.suppress(Exception):
+                server.prepare()
+            body = _recv_body(in_fd)
+            if body is None:
+                break
+            request = json.loads(body)
+            if request.get("op") == "close":
                 break
             try:
-                reply = server.run(request)
+                reply = server.run(request, body)
             except Exception as exc:
                 reply = {"sandbox_error": f"{type(exc).__name__}: {exc}"}
             _send(out_fd, reply)

@@ -2,7 +2,10 @@
 
 The seccomp filter is compiled once in the server and only installed in each child: these tests load that exported
 program in a real child and check the errno of each kind of rule (plain deny, argument-filtered deny, ENOSYS for
-clone3), both directly and from inside a sandboxed job.
+clone3), both directly and from inside a sandboxed job. Each job's child is forked and partly set up before its
+request arrives (its Landlock ruleset before its scratch directory exists): the other tests check that such a child
+still gives each job a fresh process with its own scratch-only write access, that it is replaced when it dies before
+its job, and that it is gone with the sandbox.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import socket
 import struct
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +124,95 @@ def test_sandboxed_program_runs_under_the_filter_with_the_specific_errnos(sandbo
     result = sandbox.run(program, tests)
     assert result.per_test == (True,) * len(tests), result.error
     assert result.status is ExecutionStatus.PASSED
+
+
+# ------------------------------------------------------------------------------------------------ prepared children
+def _children(pid: int) -> list[tuple[int, int]]:
+    """(pid, uid) of each child of ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = dict(line.split(":", 1) for line in (entry / "status").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if int(fields["PPid"]) == pid:
+            found.append((int(entry.name), int(fields["Uid"].split()[0])))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_each_job_is_a_fresh_process_that_is_pid_1_of_its_own_namespace(sandbox):
+    leak = "import builtins\nbuiltins.LEAKED = 1\ndef f():\n    return 1\n"
+    probe = "import builtins, os\ndef f():\n    return (os.getpid(), hasattr(builtins, 'LEAKED'))\n"
+    assert sandbox.run(leak, [TestCase.assertion("assert f() == 1")]).status is ExecutionStatus.PASSED
+    result = sandbox.run(probe, [TestCase.assertion("assert f() == (1, False)")])
+    assert result.status is ExecutionStatus.PASSED, result.error
+
+
+def test_landlock_ruleset_prepared_before_the_scratch_dir_still_confines_writes_to_it(sandbox):
+    program = textwrap.dedent(
+        """
+        import os
+
+        def write(path):
+            try:
+                with open(path, "w") as handle:
+                    handle.write("x")
+                return "ok"
+            except OSError as exc:
+                return errno_name(exc)
+
+        def errno_name(exc):
+            import errno
+            return errno.errorcode.get(exc.errno, str(exc.errno))
+
+        here = os.getcwd()
+        """
+    )
+    tests = [
+        TestCase.assertion("assert os.environ['HOME'] == os.environ['TMPDIR'] == here"),
+        TestCase.assertion("assert write(os.path.join(here, 'mine.txt')) == 'ok'"),
+        TestCase.assertion("assert write(os.path.join(os.path.dirname(here), 'beside.txt')) == 'EACCES'"),
+        TestCase.assertion("assert write('/tmp/outside.txt') == 'EACCES'"),
+        TestCase.assertion("assert write('/dev/null') == 'ok'"),
+    ]
+    result = sandbox.run(program, tests)
+    assert result.per_test == (True,) * len(tests), result.error
+    assert not Path("/tmp/outside.txt").exists()
+
+
+def test_large_program_and_stdin_reach_the_child_whole(sandbox):
+    blob = "a" * 300_000  # several times a pipe's buffer
+    program = f"import sys\nBLOB = {blob!r}\ndata = sys.stdin.read()\nprint(len(BLOB), len(data), data[-3:])\n"
+    stdin = "0123456789" * 100_000 + "end"
+    result = sandbox.run(program, [TestCase.stdio(stdin, f"300000 {len(stdin)} end\n")])
+    assert result.status is ExecutionStatus.PASSED, (result.error, result.stdout[:200])
+
+
+def test_the_prepared_child_waits_as_root_and_a_dead_one_is_replaced():
+    with Sandbox(SandboxConfig(isolation=IsolationLevel.FULL, timeout_s=3.0, memory_limit_mb=1024)) as box:
+        square = [TestCase.assertion("assert f(3) == 9")]
+        assert box.run("def f(x):\n    return x * x\n", square).status is ExecutionStatus.PASSED
+        server = box.server_pid
+        assert server is not None
+        prepared = _children(server)
+        assert [uid for _, uid in prepared] == [0]  # one child, waiting for the next job, not yet the sandbox uid
+        for settle in (True, False):  # killed well before the job is sent, or while it is being sent
+            victim = _children(server)[0][0]
+            os.kill(victim, signal.SIGKILL)
+            while settle and _alive(victim):
+                time.sleep(0.01)
+            result = box.run("def f(x):\n    return x * x\n", square)
+            assert result.status is ExecutionStatus.PASSED, result.error
+        assert box.server_pid == server
+        waiting = [pid for pid, _ in _children(server)]
+    assert waiting and not any(_alive(pid) for pid in waiting)
