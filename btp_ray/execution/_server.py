@@ -17,9 +17,9 @@ Isolation, applied once in the server (inherited by every child): mount, network
 installation re-exposed read-only when it lives under a directory the sandbox uid cannot enter (e.g. ``/root``).
 Applied per child while it is prepared: a fresh PID namespace whose init is the child (its exit kills everything the
 run spawned), a new session, ``PR_SET_PDEATHSIG``, a Landlock ruleset of its own. Applied per child once its job
-arrives, in order: rlimits, a private scratch directory, an unprivileged uid of its own, ``no_new_privs``, Landlock
-(writes only beneath scratch, no TCP, no signals or ptrace outside its domain), seccomp (its BPF program is compiled
-once in the server; a child only installs it).
+arrives, in order: rlimits, a private scratch directory, an unprivileged uid of its own (and ``PR_SET_PDEATHSIG`` again,
+which the uid change clears), ``no_new_privs``, Landlock (writes only beneath scratch, no TCP, no signals or ptrace
+outside its domain), seccomp (its BPF program is compiled once in the server; a child only installs it).
 """
 
 import contextlib
@@ -509,6 +509,13 @@ class Isolation:
             os.setgroups([])
             os.setresgid(self.drop_uid, self.drop_uid, self.drop_uid)
             os.setresuid(self.drop_uid, self.drop_uid, self.drop_uid)
+            # A uid change clears the parent-death signal: arm it again, then make sure the server did not die
+            # before it was armed (the write end of a pipe reports POLLERR once its reader is gone).
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            server_alive = select.poll()
+            server_alive.register(RESULT_FD, select.POLLOUT)
+            if any(events & select.POLLERR for _, events in server_alive.poll(0)):
+                os._exit(72)
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if self.landlock_abi:
             self._landlock_restrict(scratch)

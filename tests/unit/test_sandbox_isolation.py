@@ -5,7 +5,7 @@ program in a real child and check the errno of each kind of rule (plain deny, ar
 clone3), both directly and from inside a sandboxed job. Each job's child is forked and partly set up before its
 request arrives (its Landlock ruleset before its scratch directory exists): the other tests check that such a child
 still gives each job a fresh process with its own scratch-only write access, that it is replaced when it dies before
-its job, and that it is gone with the sandbox.
+its job, that it is gone with the sandbox, and that a job dies with the server.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import signal
 import socket
 import struct
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -150,6 +151,19 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _uid_processes(uid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if any(line.split()[1:2] == [str(uid)] for line in status.splitlines() if line.startswith("Uid:")):
+                found.append(int(entry.name))
+    return found
+
+
 def test_each_job_is_a_fresh_process_that_is_pid_1_of_its_own_namespace(sandbox):
     leak = "import builtins\nbuiltins.LEAKED = 1\ndef f():\n    return 1\n"
     probe = "import builtins, os\ndef f():\n    return (os.getpid(), hasattr(builtins, 'LEAKED'))\n"
@@ -216,3 +230,23 @@ def test_the_prepared_child_waits_as_root_and_a_dead_one_is_replaced():
         assert box.server_pid == server
         waiting = [pid for pid, _ in _children(server)]
     assert waiting and not any(_alive(pid) for pid in waiting)
+
+
+def test_a_running_job_dies_with_its_server():
+    config = SandboxConfig(isolation=IsolationLevel.FULL, timeout_s=2.0, memory_limit_mb=1024)
+    with Sandbox(config) as box:
+        uid = box.server_info["sandbox_uid"]
+        sleeper = ("import time\ntime.sleep(60)\n", [TestCase.assertion("assert True")])
+        runner = threading.Thread(target=box.run, args=sleeper)
+        runner.start()
+        deadline = time.monotonic() + 10
+        while not _uid_processes(uid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _uid_processes(uid), "the job never started"
+        os.kill(box.server_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 2  # the job sleeps for 60 s: only the parent-death signal ends it this soon
+        while _uid_processes(uid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _uid_processes(uid) == []
+        runner.join(30)  # the sandbox restarts its server and reruns the job, which then times out
+        assert not runner.is_alive()
