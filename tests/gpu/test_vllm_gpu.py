@@ -21,12 +21,8 @@ def _problems() -> list[Problem]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from btp_ray.models import embedded_model_dir
-    from btp_ray.sampling.random_model import LlamaShape, build_random_llama
-
-    shape = LlamaShape(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=512)
-    return build_random_llama(tmp_path_factory.mktemp("gpu-llama"), embedded_model_dir(), shape, device="cuda")
+def model_dir(gpu_llama):
+    return gpu_llama
 
 
 def test_vllm_beam_search_on_gpu_matches_teacher_forcing(model_dir):
