@@ -1,9 +1,10 @@
 """The warm fork server: a small trusted process that forks one isolated child per run of untrusted code.
 
 This file is executed as a script (``python -I _server.py``) by :class:`btp_ray.execution.sandbox.Sandbox` with an
-empty environment, so it imports nothing from btp_ray and only the standard library (plus ``pyseccomp``/``seccomp``
-when installed). It never decides verdicts: it runs the child, enforces the wall clock from outside, captures what the
-child reported and printed, sweeps everything the child spawned, and hands the raw capture back.
+empty environment, so it imports nothing from btp_ray and only the standard library (``pyseccomp``/``seccomp``, when
+installed, only in a short-lived helper that compiles the filter). It never decides verdicts: it runs the child,
+enforces the wall clock from outside, captures what the child reported and printed, sweeps everything the child
+spawned, and hands the raw capture back.
 
 Protocol with the owner (over the server's stdin/stdout): 4-byte big-endian length + UTF-8 JSON per message. The first
 message is the configuration; the server answers ``{"ok": true, "features": [...], "missing": {...}}``; then each
@@ -422,19 +423,12 @@ class Isolation:
         except OSError as exc:
             for name in ("landlock", "landlock_network", "landlock_scope"):
                 self._miss(name, exc)
-        for module_name in ("pyseccomp", "seccomp"):
-            try:
-                module = __import__(module_name)
-            except ImportError:
-                continue
-            try:
-                self.seccomp_program = _SeccompProgram(_seccomp_bpf(module))
-                self.features.append("seccomp")
-            except Exception as exc:
-                self._miss("seccomp", f"{module_name} could not compile the filter: {exc}")
-            break
+        program, why = _seccomp_bpf_from_helper()
+        if program is None:
+            self._miss("seccomp", why)
         else:
-            self._miss("seccomp", "install pyseccomp (pip) or python3-seccomp (apt)")
+            self.seccomp_program = _SeccompProgram(program)
+            self.features.append("seccomp")
 
     def _reset_pidns(self):
         _check(_libc.setns(ctypes.c_int(self.own_pidns_fd), ctypes.c_int(CLONE_NEWPID)), "setns")
@@ -581,6 +575,46 @@ def _seccomp_bpf(sc):
     if not program or len(program) % 8:
         raise OSError(f"libseccomp exported {len(program)} bytes, not whole 8-byte BPF instructions")
     return program
+
+
+def _seccomp_bpf_from_helper():
+    """``(program, None)``, or ``(None, why not)``: the filter compiled in a short-lived forked helper.
+
+    The bindings import ``threading`` (pyseccomp through ``ctypes.util``); in the server, its at-fork hook would run
+    in every child and copy ~130 pages of the server's memory on each fork.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            for module_name in ("pyseccomp", "seccomp"):
+                try:
+                    module = __import__(module_name)
+                except ImportError:
+                    continue
+                try:
+                    reply = b"P" + _seccomp_bpf(module)
+                except Exception as exc:
+                    reply = f"E{module_name} could not compile the filter: {exc}".encode()
+                break
+            else:
+                reply = b"Einstall pyseccomp (pip) or python3-seccomp (apt)"
+            view = memoryview(reply)
+            while view:
+                view = view[os.write(write_fd, view) :]
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    reply = b"".join(chunks)
+    if reply[:1] == b"P":
+        return reply[1:], None
+    return None, reply[1:].decode(errors="replace") or "the seccomp helper failed"
 
 
 class _SeccompProgram:

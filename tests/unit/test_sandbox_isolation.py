@@ -127,6 +127,14 @@ def test_sandboxed_program_runs_under_the_filter_with_the_specific_errnos(sandbo
     assert result.status is ExecutionStatus.PASSED
 
 
+def test_the_server_compiles_the_filter_without_importing_the_bindings(sandbox):
+    # A job starts from a copy of the server: the bindings' imports (threading, through ctypes.util) are not there.
+    program = "import sys\nloaded = {'threading', 'pyseccomp', 'seccomp', 'ctypes.util'} & set(sys.modules)\n"
+    result = sandbox.run(program, [TestCase.assertion("assert loaded == set()")])
+    assert result.status is ExecutionStatus.PASSED, result.error
+    assert "seccomp" in sandbox.features
+
+
 # ------------------------------------------------------------------------------------------------ prepared children
 def _children(pid: int) -> list[tuple[int, int]]:
     """(pid, uid) of each child of ``pid``."""
