@@ -6,35 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from btp_ray.training import AdapterManifest, Learner, TrainingConfig, TrainingExample
+from btp_ray.training import AdapterManifest, Learner, TrainingConfig
+from tests.learner_data import EXAMPLES, lora_config
 
 pytestmark = pytest.mark.gpu
 
-EXAMPLES = [
-    TrainingExample(prompt="Write add(a, b).", program="def add(a, b):\n    return a + b", problem_id="p0"),
-    TrainingExample(prompt="Write neg(x).", program="def neg(x):\n    return -x", problem_id="p1"),
-    TrainingExample(prompt="Write sq(x).", program="def sq(x):\n    return x * x", problem_id="p2"),
-    TrainingExample(prompt="Write ident(x).", program="def ident(x):\n    return x", problem_id="p3"),
-]
-
 
 def _config(model, **overrides) -> TrainingConfig:
-    settings = {
-        "base_model": str(model),
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "lora_dropout": 0.0,
-        "learning_rate": 1e-2,
-        "max_steps": 6,
-        "per_device_batch_size": 2,
-        "max_seq_len": 128,
-        "seed": 3,
-        "num_workers": 1,
-        "use_gpu": True,
-        "bf16": True,
-    }
-    settings.update(overrides)
-    return TrainingConfig(**settings)
+    return lora_config(model, num_workers=1, use_gpu=True, bf16=True, **overrides)
 
 
 def _check(result, strategy: str) -> None:

@@ -23,14 +23,7 @@ from btp_ray.training import (
 from btp_ray.training.config import default_torch_extensions_dir
 from btp_ray.training.modeling import program_logprobs
 from btp_ray.training.tiny_model import make_tiny_llama
-
-PROMPTS_AND_PROGRAMS = [
-    ("Write add(a, b).", "def add(a, b):\n    return a + b"),
-    ("Write neg(x).", "def neg(x):\n    return -x"),
-    ("Write sq(x).", "def sq(x):\n    return x * x"),
-    ("Write ident(x).", "def ident(x):\n    return x"),
-]
-EXAMPLES = [TrainingExample(prompt=p, program=c, problem_id=f"p{i}") for i, (p, c) in enumerate(PROMPTS_AND_PROGRAMS)]
+from tests.learner_data import EXAMPLES, lora_config
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +32,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _config(model: Path | str, storage: Path, **overrides) -> TrainingConfig:
-    settings = {
-        "base_model": str(model),
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "lora_dropout": 0.0,
-        "learning_rate": 1e-2,
-        "max_steps": 4,
-        "per_device_batch_size": 1,
-        "max_seq_len": 128,
-        "seed": 3,
-        "num_workers": 2,
-        "storage_path": str(storage),
-    }
-    settings.update(overrides)
-    return TrainingConfig(**settings)
+    settings = {"max_steps": 4, "per_device_batch_size": 1, "num_workers": 2, "storage_path": str(storage)}
+    return lora_config(model, **(settings | overrides))
 
 
 def _check_trained(result, model_path: Path, storage: Path, strategy: str) -> None:
@@ -92,7 +72,7 @@ def test_ddp_two_workers_train_save_and_hand_off(ray_cluster, tiny_model, tmp_pa
     name = result.manifest.adapter_name
     sampler.load_adapter(str(result.adapter_dir), name)
     assert sampler.identity.adapter == name
-    problem = Problem(task_id="t0", prompt=PROMPTS_AND_PROGRAMS[0][0], tests=(TestCase.assertion("assert True"),))
+    problem = Problem(task_id="t0", prompt=EXAMPLES[0].prompt, tests=(TestCase.assertion("assert True"),))
     candidates = sampler.generate([problem], GenerationParams(strategy="greedy", num_candidates=1, max_new_tokens=4))
     assert candidates[0][0].sampler.adapter == name
 

@@ -23,15 +23,9 @@ from btp_ray.training import (
 from btp_ray.training.dataset import examples_hash
 from btp_ray.training.modeling import program_logprobs
 from btp_ray.training.tiny_model import make_tiny_llama
+from tests.learner_data import EXAMPLES, lora_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-EXAMPLES = [
-    TrainingExample(prompt="Write add(a, b).", program="def add(a, b):\n    return a + b", problem_id="p0"),
-    TrainingExample(prompt="Write neg(x).", program="def neg(x):\n    return -x", problem_id="p1"),
-    TrainingExample(prompt="Write sq(x).", program="def sq(x):\n    return x * x", problem_id="p2"),
-    TrainingExample(prompt="Write ident(x).", program="def ident(x):\n    return x", problem_id="p3"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -39,25 +33,9 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
-def _config(model: Path, **overrides) -> TrainingConfig:
-    settings = {
-        "base_model": str(model),
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "lora_dropout": 0.0,
-        "learning_rate": 1e-2,
-        "max_steps": 6,
-        "per_device_batch_size": 2,
-        "max_seq_len": 128,
-        "seed": 3,
-    }
-    settings.update(overrides)
-    return TrainingConfig(**settings)
-
-
 @pytest.fixture(scope="module")
 def lora_run(tiny_model, tmp_path_factory):
-    learner = Learner(_config(tiny_model))
+    learner = Learner(lora_config(tiny_model))
     output = tmp_path_factory.mktemp("adapter") / "iter1"
     result = learner.train(EXAMPLES, output_dir=output, iteration=1)
     return learner, result
@@ -133,7 +111,7 @@ def test_priority_weighting_learns_only_from_weighted_examples(tiny_model, tmp_p
         TrainingExample(prompt="Write add(a, b).", program="def add(a, b):\n    return a + b", weight=1.0),
         TrainingExample(prompt="Print hello.", program="print('hello world')", weight=0.0),
     ]
-    learner = Learner(_config(tiny_model, weighting="priority", per_device_batch_size=1, max_steps=4))
+    learner = Learner(lora_config(tiny_model, weighting="priority", per_device_batch_size=1, max_steps=4))
     result = learner.train(examples, output_dir=tmp_path / "weighted")
     dataset = learner.build_dataset(examples)
     base = _base(tiny_model)
@@ -145,7 +123,7 @@ def test_priority_weighting_learns_only_from_weighted_examples(tiny_model, tmp_p
 
 
 def test_full_fine_tune_writes_complete_weights(tiny_model, tmp_path):
-    learner = Learner(_config(tiny_model, use_lora=False, learning_rate=1e-3, max_steps=3))
+    learner = Learner(lora_config(tiny_model, use_lora=False, learning_rate=1e-3, max_steps=3))
     result = learner.train(EXAMPLES, output_dir=tmp_path / "full")
     files = {p.name for p in result.adapter_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "manifest.json"} <= files
@@ -170,14 +148,14 @@ def test_missing_base_model_is_refused(tmp_path):
 
 
 def test_unknown_lora_target_modules_are_named(tiny_model, tmp_path):
-    learner = Learner(_config(tiny_model, target_modules=("q_proj", "qkv_fused", "w_gate")))
+    learner = Learner(lora_config(tiny_model, target_modules=("q_proj", "qkv_fused", "w_gate")))
     with pytest.raises(LearnerError, match=r"\['qkv_fused', 'w_gate'\].*q_proj"):
         learner.train(EXAMPLES, output_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
 
 def test_empty_and_prompt_only_batches_are_refused(tiny_model, tmp_path):
-    learner = Learner(_config(tiny_model))
+    learner = Learner(lora_config(tiny_model))
     with pytest.raises(LearnerError, match="empty training batch"):
         learner.train([], output_dir=tmp_path / "a")
     with pytest.raises(LearnerError, match="only prompts"):
@@ -185,11 +163,11 @@ def test_empty_and_prompt_only_batches_are_refused(tiny_model, tmp_path):
 
 
 def test_zero_weights_and_bad_init_adapter_are_refused(tiny_model, tmp_path):
-    weighted = Learner(_config(tiny_model, weighting="priority"))
+    weighted = Learner(lora_config(tiny_model, weighting="priority"))
     with pytest.raises(LearnerError, match="weight 0"):
         weighted.train([TrainingExample("p", "x = 1", weight=0.0)], output_dir=tmp_path / "a")
     with pytest.raises(LearnerError, match="adapter_config.json"):
-        Learner(_config(tiny_model)).train(EXAMPLES, output_dir=tmp_path / "b", init_adapter=tmp_path)
+        Learner(lora_config(tiny_model)).train(EXAMPLES, output_dir=tmp_path / "b", init_adapter=tmp_path)
 
 
 @pytest.mark.slow
