@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from btp_ray.data.types import Problem
 from btp_ray.replay import Experience
-from btp_ray.training import TrainingConfig, TrainingExample
+from btp_ray.training import TrainingConfig, TrainingExample, TrainResult
 
 
 class TrainerKind(str, enum.Enum):
@@ -36,6 +36,16 @@ class TrainSummary:
     wall_s: float
     overhead_s: float
     examples: int
+
+    @classmethod
+    def of(cls, result: TrainResult, output_dir: Path, *, examples: int, wall_s: float) -> TrainSummary:
+        return cls(
+            adapter_dir=Path(output_dir),
+            losses=tuple(m.loss for m in result.step_metrics),
+            wall_s=wall_s,
+            overhead_s=result.overhead_seconds,
+            examples=examples,
+        )
 
     @property
     def first_loss(self) -> float:
@@ -99,13 +109,7 @@ class LocalTrainer:
         examples = training_examples(learner, experiences, self.problems)
         started = time.perf_counter()
         result = learner.train(examples, output_dir=output_dir, iteration=1)
-        return TrainSummary(
-            adapter_dir=Path(output_dir),
-            losses=tuple(m.loss for m in result.step_metrics),
-            wall_s=time.perf_counter() - started,
-            overhead_s=result.overhead_seconds,
-            examples=len(examples),
-        )
+        return TrainSummary.of(result, output_dir, examples=len(examples), wall_s=time.perf_counter() - started)
 
 
 class RayTrainTrainer:
@@ -122,13 +126,7 @@ class RayTrainTrainer:
         examples = training_examples(learner, experiences, self.problems)
         started = time.perf_counter()
         result = learner.train(examples, iteration=1, output_dir=output_dir, run_name=f"study-{output_dir.name}")
-        return TrainSummary(
-            adapter_dir=Path(output_dir),
-            losses=tuple(m.loss for m in result.step_metrics),
-            wall_s=time.perf_counter() - started,
-            overhead_s=result.overhead_seconds,
-            examples=len(examples),
-        )
+        return TrainSummary.of(result, output_dir, examples=len(examples), wall_s=time.perf_counter() - started)
 
 
 def make_trainer(kind: TrainerKind | str, config: TrainingConfig, problems: Sequence[Problem]) -> Trainer:
