@@ -54,6 +54,8 @@ class SandboxConfig:
 
     ``timeout_s`` limits each test case and the loading of the program separately (wall clock, enforced from
     outside the child); ``max_job_s`` caps one job in all. ``memory_limit_mb`` is the child's address-space limit.
+    ``max_file_mb`` caps each file a job writes; ``scratch_mb`` caps all of a job's scratch files together, where the
+    scratch directories live in a memory-backed filesystem of the server's own (it needs a mount namespace).
     """
 
     isolation: IsolationLevel = IsolationLevel.BASIC
@@ -62,6 +64,7 @@ class SandboxConfig:
     memory_limit_mb: int = 4096
     max_processes: int = 64
     max_file_mb: int = 16
+    scratch_mb: int = 256
     max_open_files: int = 256
     max_output_bytes: int = 8 << 20
     keep_output_bytes: int = 64 << 10
@@ -81,7 +84,7 @@ class SandboxConfig:
             raise ValueError(f"SandboxConfig.max_job_s ({self.max_job_s}) must be >= timeout_s ({self.timeout_s})")
         if self.memory_limit_mb < 256:
             raise ValueError(f"SandboxConfig.memory_limit_mb must be >= 256, got {self.memory_limit_mb}")
-        for name in ("max_processes", "max_file_mb", "max_program_bytes"):
+        for name in ("max_processes", "max_file_mb", "scratch_mb", "max_program_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SandboxConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         if self.max_open_files < 16:

@@ -96,6 +96,7 @@ class Sandbox:
                     "owner_pid": os.getpid(),
                     "preload_modules": list(self.config.preload_modules),
                     "sandbox_uid": self.config.sandbox_uid,
+                    "scratch_mb": self.config.scratch_mb,
                 }
             )
             hello = self._recv(self.config.startup_timeout_s)
@@ -159,6 +160,14 @@ class Sandbox:
     @property
     def server_pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def scratch_view(self) -> str | None:
+        """Where this process sees the jobs' scratch directories; they live in the server's mount namespace."""
+        pid, root = self.server_pid, self.server_info.get("scratch_root")
+        if pid is None or root is None:
+            return None
+        return f"/proc/{pid}/root{root}" if "scratch_tmpfs" in self.features else root
 
     # ------------------------------------------------------------------------------------------------ public runs
     def run(

@@ -60,7 +60,7 @@ def contained(sandbox):
     assert sandbox.server_pid == server_pid
     assert sandbox.run("def f(x):\n    return x * x\n", SQUARE_TESTS).status is ExecutionStatus.PASSED
     assert _sandbox_processes(sandbox.server_info["sandbox_uid"]) == []
-    assert os.listdir(sandbox.server_info["scratch_root"]) == []
+    assert os.listdir(sandbox.scratch_view) == []
 
 
 def _prog(source: str) -> str:

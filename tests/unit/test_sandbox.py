@@ -171,6 +171,8 @@ def test_api_misuse_raises_value_error(sandbox):
         SandboxConfig(timeout_s=0)
     with pytest.raises(ValueError, match="max_job_s"):
         SandboxConfig(timeout_s=10, max_job_s=5)
+    with pytest.raises(ValueError, match="SandboxConfig.scratch_mb must be >= 1"):
+        SandboxConfig(scratch_mb=0)
 
 
 def test_run_many_keeps_order_and_close_leaves_no_server():

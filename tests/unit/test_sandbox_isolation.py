@@ -258,3 +258,65 @@ def test_a_running_job_dies_with_its_server():
         assert _uid_processes(uid) == []
         runner.join(30)  # the sandbox restarts its server and reruns the job, which then times out
         assert not runner.is_alive()
+
+
+def test_scratch_is_a_capped_in_memory_filesystem_private_to_the_server():
+    config = SandboxConfig(isolation=IsolationLevel.FULL, timeout_s=3.0, memory_limit_mb=1024, scratch_mb=2)
+    with Sandbox(config) as box:
+        assert "scratch_tmpfs" in box.features
+        root = box.server_info["scratch_root"]
+        program = textwrap.dedent(
+            """
+            import errno, os
+
+            def fill(megabytes):
+                try:
+                    for i in range(megabytes):
+                        with open(f"part{i}", "wb") as handle:
+                            handle.write(b"x" * (1 << 20))
+                    return "ok"
+                except OSError as exc:
+                    return errno.errorcode[exc.errno]
+
+            def host_side_is_empty():
+                return os.listdir(os.environ["HOME"])
+            """
+        )
+        tests = [
+            TestCase.assertion("assert fill(1) == 'ok'"),
+            TestCase.assertion("assert fill(4) == 'ENOSPC'"),  # 2 MiB for all of a job's files, each under max_file_mb
+        ]
+        result = box.run(program, tests)
+        assert result.per_test == (True, True), result.error
+        mounts = Path(f"/proc/{box.server_pid}/mountinfo").read_text().splitlines()
+        assert any(line.split()[4] == root and " - tmpfs " in line for line in mounts)
+        # The owner's own view of the directory never held a job's files; the server's view is empty after the job.
+        assert os.listdir(root) == []
+        assert box.scratch_view == f"/proc/{box.server_pid}/root{root}"
+        assert os.listdir(box.scratch_view) == []
+    assert not os.path.exists(root)
+
+
+def test_children_inherit_a_clean_environment_and_standard_streams_from_the_server(sandbox):
+    program = textwrap.dedent(
+        """
+        import os, sys, tempfile
+
+        print("to stdout")
+        print("to stderr", file=sys.stderr)
+
+        def environment():
+            return sorted(os.environ)
+
+        def places():
+            return (os.environ["HOME"] == os.environ["TMPDIR"] == os.getcwd() == tempfile.gettempdir(), sys.argv)
+        """
+    )
+    tests = [
+        TestCase.assertion("assert environment() == ['HOME', 'LANG', 'PATH', 'TMPDIR', 'USER']"),
+        TestCase.assertion("assert places() == (True, ['program'])"),
+    ]
+    result = sandbox.run(program, tests)
+    assert result.per_test == (True, True), result.error
+    assert result.stdout == "to stdout\n"
+    assert result.stderr == "to stderr\n"
