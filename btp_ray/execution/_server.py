@@ -11,16 +11,18 @@ message is the configuration; the server answers ``{"ok": true, "features": [...
 request ``{"op": "run", ...}`` gets one response.
 
 Each run gets a fresh child, forked before its request arrives: while one job runs, the server already forks and
-prepares the next job's child (the job-independent setup below), which then waits, still trusted and privileged, for
-its request on a pipe. Only then does it apply the job-dependent layers and run untrusted code.
+prepares the next job's child (the job-independent setup below), which then waits, still privileged but already
+confined, for its request on a pipe. Only then does it apply the job-dependent rest and run untrusted code.
 
 Isolation, applied once in the server (inherited by every child): mount, network, IPC and UTS namespaces; the Python
-installation re-exposed read-only when it lives under a directory the sandbox uid cannot enter (e.g. ``/root``).
-Applied per child while it is prepared: a fresh PID namespace whose init is the child (its exit kills everything the
-run spawned), a new session, ``PR_SET_PDEATHSIG``, a Landlock ruleset of its own. Applied per child once its job
-arrives, in order: rlimits, a private scratch directory, an unprivileged uid of its own (and ``PR_SET_PDEATHSIG`` again,
-which the uid change clears), ``no_new_privs``, Landlock (writes only beneath scratch, no TCP, no signals or ptrace
-outside its domain), seccomp (its BPF program is compiled once in the server; a child only installs it).
+installation re-exposed read-only when it lives under a directory the sandbox uid cannot enter (e.g. ``/root``); the
+scratch tree as a size-capped tmpfs of the server's own; the children's environment and standard streams. Applied per
+child while it is prepared: a fresh PID namespace whose init is the child (its exit kills everything the run spawned),
+a new session, ``PR_SET_PDEATHSIG``, the last job's rlimits, ``no_new_privs``, a Landlock domain of its own (writes
+only beneath the job directory, no TCP, no signals or ptrace outside its domain), seccomp (its BPF program is compiled
+once in the server; a child only installs it). Applied per child once its job arrives: the job's rlimits where they
+differ, the job directory as working directory, and an unprivileged uid of its own (then ``PR_SET_PDEATHSIG`` again,
+which the uid change clears).
 """
 
 import contextlib
@@ -69,6 +71,14 @@ LANDLOCK_FS_READ = 1 | 4 | 8  # EXECUTE | READ_FILE | READ_DIR
 LANDLOCK_FS_ALL_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}
 LANDLOCK_NET_ALL = 1 | 2  # BIND_TCP | CONNECT_TCP
 LANDLOCK_SCOPE_ALL = 1 | 2  # ABSTRACT_UNIX_SOCKET | SIGNAL
+RLIMITS = (  # (key in a request's limits, or None for 0; the rlimit)
+    ("address_space_bytes", resource.RLIMIT_AS),
+    ("cpu_seconds", resource.RLIMIT_CPU),
+    ("file_size_bytes", resource.RLIMIT_FSIZE),
+    ("open_files", resource.RLIMIT_NOFILE),
+    ("processes", resource.RLIMIT_NPROC),
+    (None, resource.RLIMIT_CORE),
+)
 RESULT_FD = 3
 REQUEST_FD = 4
 # Denied with EPERM in every child (see _seccomp_bpf for the argument-filtered clone/clone3/socket rules).
@@ -351,7 +361,6 @@ class Isolation:
         self.is_root = os.geteuid() == 0
         self.own_pidns_fd = None
         self.landlock_abi = 0
-        self.landlock_ruleset = None
         self.seccomp_program = None
         self.drop_uid = None
 
@@ -490,26 +499,29 @@ class Isolation:
         return False, "the Python installation is not readable by an unprivileged uid"
 
     # ------------------------------------------------------------------------------------------- per child, in child
-    def prepare_in_child(self):
-        """The layers that do not depend on the job, applied while the child waits for its request."""
+    def prepare_in_child(self, scratch, limits):
+        """The layers that do not depend on the job, applied while the child waits for its request, in order: a new
+        session, ``PR_SET_PDEATHSIG``, the rlimits of the last job (``limits``; None for none), ``no_new_privs``,
+        Landlock and seccomp. Only the uid change, and any limit of the job that is lower, are left for
+        :meth:`apply_in_child`, so little new runs, and few of the server's pages are copied, between a job's
+        arrival and its code. A hard limit cannot be raised again (the server may lack ``CAP_SYS_RESOURCE``): the
+        server replaces a waiting child whose limits are below what the next job asks for.
+        """
         os.setsid()
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if limits is not None:
+            _set_rlimits(limits)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
         if self.landlock_abi:
-            self.landlock_ruleset = self._landlock_ruleset()
+            self._landlock_restrict(scratch)
+        if self.seccomp_program is not None:
+            self.seccomp_program.load()
+        return limits
 
-    def apply_in_child(self, scratch, limits):
-        """The layers that need the job's limits and scratch directory, in order, just before its code runs."""
-        for which, value in (
-            (resource.RLIMIT_AS, limits["address_space_bytes"]),
-            (resource.RLIMIT_CPU, limits["cpu_seconds"]),
-            (resource.RLIMIT_FSIZE, limits["file_size_bytes"]),
-            (resource.RLIMIT_NOFILE, limits["open_files"]),
-            (resource.RLIMIT_NPROC, limits["processes"]),
-            (resource.RLIMIT_CORE, 0),
-        ):
-            hard = resource.getrlimit(which)[1]
-            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-            resource.setrlimit(which, (value, value))
+    def apply_in_child(self, scratch, limits, preset):
+        """What needs the job: the rlimits it asks for (those not already ``preset``, which are never lower), its
+        scratch directory as the working directory, and the unprivileged uid, just before its code runs."""
+        _set_rlimits(limits, unless_as=preset)
         os.chdir(scratch)
         if self.drop_uid is not None:
             os.setgroups([])
@@ -522,14 +534,20 @@ class Isolation:
             server_alive.register(RESULT_FD, select.POLLOUT)
             if any(events & select.POLLERR for _, events in server_alive.poll(0)):
                 os._exit(72)
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
-        if self.landlock_abi:
-            self._landlock_restrict(scratch)
-        if self.seccomp_program is not None:
-            self.seccomp_program.load()
+
+    def _landlock_restrict(self, scratch):
+        """Confine this child to a ruleset of its own: reads everywhere, writes beneath ``scratch`` and to
+        ``/dev/null``, no TCP, no signals to (or ptrace of) anything outside it."""
+        abi = self.landlock_abi
+        ruleset = self._landlock_ruleset()
+        try:
+            self._landlock_rule(ruleset, scratch, LANDLOCK_FS_ALL_BY_ABI.get(abi, (1 << 16) - 1))
+            _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+        finally:
+            os.close(ruleset)
 
     def _landlock_ruleset(self):
-        """A ruleset private to this child: reads everywhere, writes to ``/dev/null``; the scratch rule comes later."""
+        """A new ruleset: reads everywhere, writes to ``/dev/null``."""
         abi = self.landlock_abi
         fs_all = LANDLOCK_FS_ALL_BY_ABI.get(abi, (1 << 16) - 1)
         attr = struct.pack("=QQQ", fs_all, LANDLOCK_NET_ALL if abi >= 4 else 0, LANDLOCK_SCOPE_ALL if abi >= 6 else 0)
@@ -550,13 +568,16 @@ class Isolation:
         finally:
             os.close(fd)
 
-    def _landlock_restrict(self, scratch):
-        ruleset, self.landlock_ruleset = self.landlock_ruleset, None
-        if ruleset is None:
-            raise OSError("no Landlock ruleset was prepared in this child")
-        self._landlock_rule(ruleset, scratch, LANDLOCK_FS_ALL_BY_ABI.get(self.landlock_abi, (1 << 16) - 1))
-        _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
-        os.close(ruleset)
+
+def _set_rlimits(limits, unless_as=None):
+    """Set each of the job's rlimits (soft and hard), except those equal in ``unless_as``: already set."""
+    for key, which in RLIMITS:
+        value = limits[key] if key is not None else 0
+        if unless_as is not None and (key is None or unless_as[key] == value):
+            continue
+        hard = resource.getrlimit(which)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(which, (value, value))
 
 
 def _seccomp_bpf(sc):
@@ -659,6 +680,7 @@ class Server:
         self.encode = None
         self.prepared = None
         self.prepare_while_running = False
+        self.last_limits = None
 
     def start(self):
         self.isolation.setup_once(self.scratch_root)
@@ -670,6 +692,9 @@ class Server:
             except Exception as exc:
                 failed.append(f"{name}: {exc}")
         self.encode = _build_encoder()
+        os.mkdir(self.job_dir, 0o700)
+        if self.isolation.drop_uid is not None:
+            os.chown(self.job_dir, self.isolation.drop_uid, self.isolation.drop_uid)
         self._set_up_what_children_inherit()
         # Two children at once are apart only when each job has its own PID namespace and is not the server's uid.
         self.prepare_while_running = self.isolation.own_pidns_fd is not None and self.isolation.drop_uid is not None
@@ -684,6 +709,7 @@ class Server:
             "preload_failed": failed,
             "server_vm_bytes": vm,
             "scratch_root": self.scratch_root,
+            "job_dir": self.job_dir,
             "sandbox_uid": self.isolation.drop_uid,
             "landlock_abi": self.isolation.landlock_abi,
         }
@@ -692,9 +718,10 @@ class Server:
         """The environment, argv, tempdir and standard streams every child starts with, made once here rather than
         in each child: a child that makes them itself copies about 170 of the server's pages on the way.
 
-        Jobs run one at a time, so each uses the same scratch path, which is what lets ``HOME`` and ``TMPDIR`` be set
-        here. The server itself never writes to the standard streams (its protocol runs on other descriptors), so a
-        child inherits them empty.
+        Jobs run one at a time, so each uses the same scratch directory, emptied after each job: that is what lets
+        ``HOME`` and ``TMPDIR`` be set here, and a prepared child's Landlock rule name the directory before its job.
+        The server itself never writes to the standard streams (its protocol runs on other descriptors), so a child
+        inherits them empty.
         """
         os.environ.clear()
         os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", USER="sandbox")
@@ -708,9 +735,13 @@ class Server:
 
     def prepare(self):
         """Fork the next job's child ahead of its request, so that neither the fork nor the job-independent setup
-        delays that job (they overlap the job before it)."""
+        delays that job (they overlap the job before it). The child takes the last job's rlimits ahead; one waiting
+        with a limit lower than the last job's is replaced, as it could not raise it."""
         if self.prepared is not None:
-            return
+            if _within(self.last_limits, self.prepared.preset_limits):
+                return
+            self.prepared.close()
+            self.prepared = None
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()
@@ -728,7 +759,7 @@ class Server:
             finally:
                 if use_pidns:
                     self.isolation._reset_pidns()
-            child = _Prepared(pid, None, *server_ends, use_pidns)
+            child = _Prepared(pid, None, *server_ends, use_pidns, self.last_limits)
             child.pidfd = os.pidfd_open(pid)
         except BaseException:
             if child is not None:
@@ -743,21 +774,14 @@ class Server:
         self.prepared = child
 
     def run(self, request, body):
-        scratch = self.job_dir
-        try:
-            os.mkdir(scratch, 0o700)
-        except FileExistsError:  # the last job left something its removal could not take away
-            shutil.rmtree(scratch)
-            os.mkdir(scratch, 0o700)
         child = None
+        self.last_limits = request["limits"]
         try:
-            if self.isolation.drop_uid is not None:
-                os.chown(scratch, self.isolation.drop_uid, self.isolation.drop_uid)
             for _ in range(2):
                 self.prepare()
                 child, self.prepared = self.prepared, None
                 started = time.monotonic()
-                if _deliver(child.request_w, scratch, body):
+                if _deliver(child.request_w, body):
                     if self.prepare_while_running:
                         # The server would only wait for this job: fork the next one's child now, on the other core.
                         with contextlib.suppress(Exception):
@@ -773,7 +797,7 @@ class Server:
         finally:
             if child is not None:
                 child.close()
-            _remove_scratch(scratch)
+            _empty_job_dir(self.job_dir)
 
     def _child(self, fds):
         """Body of a prepared child: job-independent setup, then wait for the request, isolate and run it."""
@@ -785,15 +809,15 @@ class Server:
             os.dup2(res_w, RESULT_FD)
             os.dup2(req_r, REQUEST_FD)
             os.closerange(REQUEST_FD + 1, 1 << 16)
-            self.isolation.prepare_in_child()
-            message = _receive_job(REQUEST_FD)
-            if message is None:  # the server closed, or died, before it had a job for this child
+            preset = self.isolation.prepare_in_child(self.job_dir, self.last_limits)
+            body = _receive_job(REQUEST_FD)
+            if body is None:  # the server closed, or died, before it had a job for this child
                 os._exit(0)
             os.close(REQUEST_FD)
-            scratch, request = message[0], json.loads(message[1])
+            request = json.loads(body)
             if request.get("stdin") is not None:
                 _stdin_from(request["stdin"])
-            self.isolation.apply_in_child(scratch, request["limits"])
+            self.isolation.apply_in_child(self.job_dir, request["limits"], preset)
             _harness(request, self.encode, json.dumps)
         except BaseException as exc:
             try:
@@ -912,8 +936,8 @@ class Server:
 class _Prepared:
     """A forked child waiting for its job, and the server's ends of its pipes."""
 
-    def __init__(self, pid, pidfd, request_w, result_r, out_r, err_r, in_pidns):
-        self.pid, self.pidfd, self.in_pidns = pid, pidfd, in_pidns
+    def __init__(self, pid, pidfd, request_w, result_r, out_r, err_r, in_pidns, preset_limits):
+        self.pid, self.pidfd, self.in_pidns, self.preset_limits = pid, pidfd, in_pidns, preset_limits
         self.request_w, self.result_r, self.out_r, self.err_r = request_w, result_r, out_r, err_r
         self.reaped = False
 
@@ -932,10 +956,16 @@ class _Prepared:
         self.request_w = self.result_r = self.out_r = self.err_r = self.pidfd = None
 
 
-def _deliver(fd, scratch, body):
-    """Hand the job to its prepared child (scratch path, then the request as the owner sent it); False if it died."""
-    path = os.fsencode(scratch)
-    data = memoryview(struct.pack(">II", len(path), len(body)) + path + body)
+def _within(limits, preset):
+    """Whether a child that set ``preset`` ahead (None: nothing) can still set ``limits``: none of them is higher."""
+    if preset is None or limits is None:
+        return preset is None
+    return all(limits[key] <= preset[key] for key, _ in RLIMITS if key is not None)
+
+
+def _deliver(fd, body):
+    """Hand the job to its prepared child (the request as the owner sent it); False if it died."""
+    data = memoryview(struct.pack(">I", len(body)) + body)
     try:
         while data:
             data = data[os.write(fd, data) :]
@@ -949,22 +979,24 @@ def _unread(fd):
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
-def _remove_scratch(path):
-    try:
-        os.rmdir(path)  # the usual job leaves nothing: one syscall instead of a tree walk
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+def _empty_job_dir(path):
+    """Remove what a job left in its directory, and undo a change of the directory's mode (it owns it)."""
+    with os.scandir(path) as entries:
+        left = [(entry.path, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for entry_path, is_dir in left:  # the usual job leaves nothing
+        if is_dir:
+            shutil.rmtree(entry_path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry_path)
+    os.chmod(path, 0o700)
 
 
 def _receive_job(fd):
-    header = _read_exact(fd, 8)
+    header = _read_exact(fd, 4)
     if header is None:
         return None
-    path_size, body_size = struct.unpack(">II", header)
-    data = _read_exact(fd, path_size + body_size)
-    if data is None:
-        return None
-    return os.fsdecode(data[:path_size]), data[path_size:]
+    return _read_exact(fd, struct.unpack(">I", header)[0])
 
 
 def _stdin_from(text):

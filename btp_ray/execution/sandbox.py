@@ -163,11 +163,12 @@ class Sandbox:
 
     @property
     def scratch_view(self) -> str | None:
-        """Where this process sees the jobs' scratch directories; they live in the server's mount namespace."""
-        pid, root = self.server_pid, self.server_info.get("scratch_root")
-        if pid is None or root is None:
+        """Where this process sees the jobs' scratch directory (empty between jobs). With ``scratch_tmpfs`` it lives
+        in the server's mount namespace, seen from here through ``/proc/<server>/root``."""
+        pid, job_dir = self.server_pid, self.server_info.get("job_dir")
+        if pid is None or job_dir is None:
             return None
-        return f"/proc/{pid}/root{root}" if "scratch_tmpfs" in self.features else root
+        return f"/proc/{pid}/root{job_dir}" if "scratch_tmpfs" in self.features else job_dir
 
     # ------------------------------------------------------------------------------------------------ public runs
     def run(

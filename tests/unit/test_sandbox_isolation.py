@@ -2,10 +2,11 @@
 
 The seccomp filter is compiled once in the server and only installed in each child: these tests load that exported
 program in a real child and check the errno of each kind of rule (plain deny, argument-filtered deny, ENOSYS for
-clone3), both directly and from inside a sandboxed job. Each job's child is forked and partly set up before its
-request arrives (its Landlock ruleset before its scratch directory exists): the other tests check that such a child
-still gives each job a fresh process with its own scratch-only write access, that it is replaced when it dies before
-its job, that it is gone with the sandbox, and that a job dies with the server.
+clone3), both directly and from inside a sandboxed job. Each job's child is forked and confined (rlimits, Landlock,
+seccomp) before its request arrives: the other tests check that such a child still gives each job a fresh process
+with scratch-only write access, the limits that job asked for, an empty scratch directory whatever the last job left,
+that it is replaced when it dies before its job, that it is gone with the sandbox, and that a job dies with the
+server.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def test_each_job_is_a_fresh_process_that_is_pid_1_of_its_own_namespace(sandbox)
     assert result.status is ExecutionStatus.PASSED, result.error
 
 
-def test_landlock_ruleset_prepared_before_the_scratch_dir_still_confines_writes_to_it(sandbox):
+def test_landlock_applied_while_the_child_waits_still_confines_the_jobs_writes_to_its_directory(sandbox):
     program = textwrap.dedent(
         """
         import os
@@ -292,7 +293,7 @@ def test_scratch_is_a_capped_in_memory_filesystem_private_to_the_server():
         assert any(line.split()[4] == root and " - tmpfs " in line for line in mounts)
         # The owner's own view of the directory never held a job's files; the server's view is empty after the job.
         assert os.listdir(root) == []
-        assert box.scratch_view == f"/proc/{box.server_pid}/root{root}"
+        assert box.scratch_view == f"/proc/{box.server_pid}/root{root}/job"
         assert os.listdir(box.scratch_view) == []
     assert not os.path.exists(root)
 
@@ -320,3 +321,39 @@ def test_children_inherit_a_clean_environment_and_standard_streams_from_the_serv
     assert result.per_test == (True, True), result.error
     assert result.stdout == "to stdout\n"
     assert result.stderr == "to stderr\n"
+
+
+def test_each_job_finds_the_scratch_directory_empty_and_private_whatever_the_last_one_left(sandbox):
+    messy = textwrap.dedent(
+        """
+        import os
+
+        os.makedirs("deep/er", exist_ok=True)
+        open("deep/er/file", "w").write("x")
+        os.chmod("deep", 0)
+        os.symlink("/etc/passwd", "link")
+        os.chmod(".", 0o777)
+
+        def f():
+            return sorted(os.listdir("."))
+        """
+    )
+    assert sandbox.run(messy, [TestCase.assertion("assert f() == ['deep', 'link']")]).status is ExecutionStatus.PASSED
+    probe = "import os, stat\ndef f():\n    return (os.listdir('.'), stat.S_IMODE(os.stat('.').st_mode))\n"
+    result = sandbox.run(probe, [TestCase.assertion("assert f() == ([], 0o700)")])
+    assert result.status is ExecutionStatus.PASSED, result.error
+    assert os.path.exists("/etc/passwd")
+
+
+def test_a_job_gets_its_own_limits_when_they_differ_from_those_set_ahead_for_it():
+    """The waiting child sets the last job's rlimits ahead; a job that asks for others must still get its own. A
+    timed-out test makes the rest of that job run with less time left (a lower CPU limit), then the next job, forked
+    while that rerun was going, asks for the full one again."""
+    config = SandboxConfig(isolation=IsolationLevel.FULL, timeout_s=1.0, max_job_s=20, memory_limit_mb=1024)
+    with Sandbox(config) as box:
+        program = "import resource, time\ndef cpu():\n    return resource.getrlimit(resource.RLIMIT_CPU)\n"
+        sleep, lower = TestCase.assertion("assert time.sleep(3) is None"), TestCase.assertion("assert cpu()[0] < 21")
+        first = box.run(program, [sleep, lower])
+        assert first.per_test_status == (ExecutionStatus.TIMEOUT, ExecutionStatus.PASSED), first.error
+        full = box.run(program, [TestCase.assertion("assert cpu() == (21, 21)")])
+        assert full.status is ExecutionStatus.PASSED, full.error
