@@ -387,12 +387,8 @@ class Isolation:
             for name in ("mount_namespace", "network_namespace", "ipc_namespace"):
                 self._miss(name, exc)
         if "mount_namespace" in self.features:
-            # In memory and private to this server: creating and removing a job's directory costs microseconds
-            # instead of a disk filesystem's ~65, all jobs' files together are capped, and the whole tree is gone
-            # with the server's namespace even when the server is killed.
             try:
-                options = f"mode=0711,size={int(self.config['scratch_mb'])}m"
-                _mount("tmpfs", scratch_root, "tmpfs", MS_NOSUID | MS_NODEV, options)
+                self.mount_scratch(scratch_root)
                 self.features.append("scratch_tmpfs")
             except OSError as exc:
                 self._miss("scratch_tmpfs", exc)
@@ -450,6 +446,15 @@ class Isolation:
         else:
             self.seccomp_program = _SeccompProgram(program)
             self.features.append("seccomp")
+
+    def mount_scratch(self, scratch_root):
+        """A tmpfs on ``scratch_root``, in memory and private to this server: creating and emptying the job directory
+        costs microseconds instead of a disk filesystem's ~65, a job's files are capped in size and number (empty
+        files cost kernel memory that the size cap does not count), and it is gone with the server's namespace even
+        when the server is killed."""
+        size_mb = int(self.config["scratch_mb"])
+        options = f"mode=0711,size={size_mb}m,nr_inodes={max(1024, 256 * size_mb)}"
+        _mount("tmpfs", scratch_root, "tmpfs", MS_NOSUID | MS_NODEV, options)
 
     def _reset_pidns(self):
         _check(_libc.setns(ctypes.c_int(self.own_pidns_fd), ctypes.c_int(CLONE_NEWPID)), "setns")
@@ -692,9 +697,7 @@ class Server:
             except Exception as exc:
                 failed.append(f"{name}: {exc}")
         self.encode = _build_encoder()
-        os.mkdir(self.job_dir, 0o700)
-        if self.isolation.drop_uid is not None:
-            os.chown(self.job_dir, self.isolation.drop_uid, self.isolation.drop_uid)
+        self._make_job_dir()
         self._set_up_what_children_inherit()
         # Two children at once are apart only when each job has its own PID namespace and is not the server's uid.
         self.prepare_while_running = self.isolation.own_pidns_fd is not None and self.isolation.drop_uid is not None
@@ -797,7 +800,28 @@ class Server:
         finally:
             if child is not None:
                 child.close()
+            self._reset_job_dir()
+
+    def _make_job_dir(self):
+        os.mkdir(self.job_dir, 0o700)
+        if self.isolation.drop_uid is not None:
+            os.chown(self.job_dir, self.isolation.drop_uid, self.isolation.drop_uid)
+
+    def _reset_job_dir(self):
+        """Empty the job directory for the next job. What cannot be removed entry by entry (say, directories nested
+        deeper than the recursion limit) goes with the whole tmpfs, replaced by a fresh one."""
+        try:
             _empty_job_dir(self.job_dir)
+            return
+        except (OSError, RecursionError):
+            if "scratch_tmpfs" not in self.isolation.features:
+                raise
+        if self.prepared is not None:  # its Landlock rule names the old directory
+            self.prepared.close()
+            self.prepared = None
+        _check(_libc.umount2(os.fsencode(self.scratch_root), MNT_DETACH), "umount scratch")
+        self.isolation.mount_scratch(self.scratch_root)
+        self._make_job_dir()
 
     def _child(self, fds):
         """Body of a prepared child: job-independent setup, then wait for the request, isolate and run it."""
@@ -980,15 +1004,15 @@ def _unread(fd):
 
 
 def _empty_job_dir(path):
-    """Remove what a job left in its directory, and undo a change of the directory's mode (it owns it)."""
+    """Remove what a job left in its directory (raising what stops it), and undo a change of the directory's mode
+    (the job owns it)."""
     with os.scandir(path) as entries:
         left = [(entry.path, entry.is_dir(follow_symlinks=False)) for entry in entries]
     for entry_path, is_dir in left:  # the usual job leaves nothing
         if is_dir:
-            shutil.rmtree(entry_path, ignore_errors=True)
+            shutil.rmtree(entry_path)
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry_path)
+            os.unlink(entry_path)
     os.chmod(path, 0o700)
 
 

@@ -54,8 +54,9 @@ class SandboxConfig:
 
     ``timeout_s`` limits each test case and the loading of the program separately (wall clock, enforced from
     outside the child); ``max_job_s`` caps one job in all. ``memory_limit_mb`` is the child's address-space limit.
-    ``max_file_mb`` caps each file a job writes; ``scratch_mb`` caps all of a job's scratch files together, where the
-    scratch directories live in a memory-backed filesystem of the server's own (it needs a mount namespace).
+    ``max_file_mb`` caps each file a job writes; ``scratch_mb`` caps all of a job's scratch files together (and their
+    number, at 256 per MiB), where the scratch directory lives in a memory-backed filesystem of the server's own (it
+    needs a mount namespace).
     """
 
     isolation: IsolationLevel = IsolationLevel.BASIC

@@ -255,6 +255,22 @@ def test_huge_file_is_refused_by_the_file_size_limit(contained):
     assert "File too large" in result.error
 
 
+def test_directories_nested_past_the_recursion_limit_are_still_cleared(contained):
+    """Deeper than shutil.rmtree can recurse: the server replaces its scratch tmpfs instead of dying over it."""
+    program = _prog(
+        """
+        import os
+        for _ in range(3000):
+            os.mkdir("d")
+            os.chdir("d")
+
+        def f(x):
+            return x * x
+        """
+    )
+    assert contained.run(program, SQUARE_TESTS).status is ExecutionStatus.PASSED
+
+
 def test_files_outside_scratch_cannot_be_deleted_or_written(contained, tmp_path):
     # World-writable decoy: only the sandbox (uid change + Landlock), not file permissions, protects it.
     decoy_dir = Path("/tmp") / f"btp-decoy-{os.getpid()}"

@@ -279,8 +279,13 @@ def test_scratch_is_a_capped_in_memory_filesystem_private_to_the_server():
                 except OSError as exc:
                     return errno.errorcode[exc.errno]
 
-            def host_side_is_empty():
-                return os.listdir(os.environ["HOME"])
+            def many_files(count):
+                try:
+                    for i in range(count):
+                        open(f"empty{i}", "w").close()
+                    return "ok"
+                except OSError as exc:
+                    return errno.errorcode[exc.errno]
             """
         )
         tests = [
@@ -289,6 +294,8 @@ def test_scratch_is_a_capped_in_memory_filesystem_private_to_the_server():
         ]
         result = box.run(program, tests)
         assert result.per_test == (True, True), result.error
+        result = box.run(program, [TestCase.assertion("assert many_files(2000) == 'ENOSPC'")])  # 1024 inodes
+        assert result.status is ExecutionStatus.PASSED, result.error
         mounts = Path(f"/proc/{box.server_pid}/mountinfo").read_text().splitlines()
         assert any(line.split()[4] == root and " - tmpfs " in line for line in mounts)
         # The owner's own view of the directory never held a job's files; the server's view is empty after the job.
