@@ -163,12 +163,13 @@ class Sandbox:
 
     @property
     def scratch_view(self) -> str | None:
-        """Where this process sees the jobs' scratch directory (empty between jobs). With ``scratch_tmpfs`` it lives
-        in the server's mount namespace, seen from here through ``/proc/<server>/root``."""
-        pid, job_dir = self.server_pid, self.server_info.get("job_dir")
-        if pid is None or job_dir is None:
+        """Where this process sees the scratch tree: between jobs it holds one empty directory, the next job's. With
+        ``scratch_tmpfs`` the tree lives in the server's mount namespace, seen from here through
+        ``/proc/<server>/root``."""
+        pid, root = self.server_pid, self.server_info.get("scratch_root")
+        if pid is None or root is None:
             return None
-        return f"/proc/{pid}/root{job_dir}" if "scratch_tmpfs" in self.features else job_dir
+        return f"/proc/{pid}/root{root}" if "scratch_tmpfs" in self.features else root
 
     # ------------------------------------------------------------------------------------------------ public runs
     def run(

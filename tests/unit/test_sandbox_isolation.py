@@ -4,7 +4,7 @@ The seccomp filter is compiled once in the server and only installed in each chi
 program in a real child and check the errno of each kind of rule (plain deny, argument-filtered deny, ENOSYS for
 clone3), both directly and from inside a sandboxed job. Each job's child is forked and confined (rlimits, Landlock,
 seccomp) before its request arrives: the other tests check that such a child still gives each job a fresh process
-with scratch-only write access, the limits that job asked for, an empty scratch directory whatever the last job left,
+with scratch-only write access, the limits that job asked for, a fresh scratch directory whatever the last job left,
 that it is replaced when it dies before its job, that it is gone with the sandbox, and that a job dies with the
 server.
 """
@@ -300,8 +300,9 @@ def test_scratch_is_a_capped_in_memory_filesystem_private_to_the_server():
         assert any(line.split()[4] == root and " - tmpfs " in line for line in mounts)
         # The owner's own view of the directory never held a job's files; the server's view is empty after the job.
         assert os.listdir(root) == []
-        assert box.scratch_view == f"/proc/{box.server_pid}/root{root}/job"
-        assert os.listdir(box.scratch_view) == []
+        assert box.scratch_view == f"/proc/{box.server_pid}/root{root}"
+        (next_job,) = os.listdir(box.scratch_view)
+        assert os.listdir(os.path.join(box.scratch_view, next_job)) == []
     assert not os.path.exists(root)
 
 
@@ -330,7 +331,7 @@ def test_children_inherit_a_clean_environment_and_standard_streams_from_the_serv
     assert result.stderr == "to stderr\n"
 
 
-def test_each_job_finds_the_scratch_directory_empty_and_private_whatever_the_last_one_left(sandbox):
+def test_each_job_gets_a_fresh_private_directory_whatever_the_last_one_left_in_its_own(sandbox):
     messy = textwrap.dedent(
         """
         import os
@@ -340,14 +341,22 @@ def test_each_job_finds_the_scratch_directory_empty_and_private_whatever_the_las
         os.chmod("deep", 0)
         os.symlink("/etc/passwd", "link")
         os.chmod(".", 0o777)
+        os.setxattr(".", "user.note", b"for the next job")
 
         def f():
             return sorted(os.listdir("."))
         """
     )
     assert sandbox.run(messy, [TestCase.assertion("assert f() == ['deep', 'link']")]).status is ExecutionStatus.PASSED
-    probe = "import os, stat\ndef f():\n    return (os.listdir('.'), stat.S_IMODE(os.stat('.').st_mode))\n"
-    result = sandbox.run(probe, [TestCase.assertion("assert f() == ([], 0o700)")])
+    probe = textwrap.dedent(
+        """
+        import os, stat
+
+        def f():
+            return os.listdir("."), stat.S_IMODE(os.stat(".").st_mode), os.listxattr(".")
+        """
+    )
+    result = sandbox.run(probe, [TestCase.assertion("assert f() == ([], 0o700, [])")])
     assert result.status is ExecutionStatus.PASSED, result.error
     assert os.path.exists("/etc/passwd")
 
