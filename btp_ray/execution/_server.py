@@ -173,11 +173,14 @@ def _recv(fd):
     return None if body is None else json.loads(body)
 
 
-def _send(fd, obj):
-    body = json.dumps(obj, ensure_ascii=True).encode()
-    data = struct.pack(">I", len(body)) + body
+def _send_body(fd, body):
+    data = memoryview(struct.pack(">I", len(body)) + body)
     while data:
         data = data[os.write(fd, data) :]
+
+
+def _send(fd, obj):
+    _send_body(fd, json.dumps(obj, ensure_ascii=True).encode())
 
 
 # ----------------------------------------------------------------------------------------------- strict value encoding
@@ -521,7 +524,6 @@ class Isolation:
             self._landlock_restrict(scratch)
         if self.seccomp_program is not None:
             self.seccomp_program.load()
-        return limits
 
     def apply_in_child(self, scratch, limits, preset):
         """What needs the job: the rlimits it asks for (those not already ``preset``, which are never lower), its
@@ -838,15 +840,15 @@ class Server:
             os.dup2(res_w, RESULT_FD)
             os.dup2(req_r, REQUEST_FD)
             os.closerange(REQUEST_FD + 1, 1 << 16)
-            preset = self.isolation.prepare_in_child(job_dir, self.last_limits)
-            body = _receive_job(REQUEST_FD)
+            self.isolation.prepare_in_child(job_dir, self.last_limits)
+            body = _recv_body(REQUEST_FD)
             if body is None:  # the server closed, or died, before it had a job for this child
                 os._exit(0)
             os.close(REQUEST_FD)
             request = json.loads(body)
             if request.get("stdin") is not None:
                 _stdin_from(request["stdin"])
-            self.isolation.apply_in_child(job_dir, request["limits"], preset)
+            self.isolation.apply_in_child(job_dir, request["limits"], preset=self.last_limits)
             _harness(request, self.encode, json.dumps)
         except BaseException as exc:
             try:
@@ -995,10 +997,8 @@ def _within(limits, preset):
 
 def _deliver(fd, body):
     """Hand the job to its prepared child (the request as the owner sent it); False if it died."""
-    data = memoryview(struct.pack(">I", len(body)) + body)
     try:
-        while data:
-            data = data[os.write(fd, data) :]
+        _send_body(fd, body)
     except BrokenPipeError:
         return False
     return True
@@ -1017,13 +1017,6 @@ def _remove_tree(path):
         pass
     except OSError:
         shutil.rmtree(path)
-
-
-def _receive_job(fd):
-    header = _read_exact(fd, 4)
-    if header is None:
-        return None
-    return _read_exact(fd, struct.unpack(">I", header)[0])
 
 
 def _stdin_from(text):
