@@ -322,13 +322,14 @@ class BTPPipeline:
         }
 
     def _records_of(self, batch: TestedBatch, iteration: int) -> tuple[list[Experience], list[dict[str, Any]]]:
-        from btp_ray.replay import p2value
+        from btp_ray.replay import scored
 
         experiences, records = [], []
         for problem, candidates, results in zip(batch.problems, batch.candidates, batch.results, strict=True):
             for candidate, result in zip(candidates, results, strict=True):
                 experience = experience_of(problem, candidate, result, iteration)
-                value = p2value(experience.possibility, experience.pass_rate or 0.0, self.config.replay.alpha)
+                # The value logged is the value the buffer samples by: the run's α and possibility mode.
+                _, value = scored(experience, self.config.replay.alpha, self.config.replay.possibility)
                 experiences.append(experience)
                 records.append(
                     candidate_record(
