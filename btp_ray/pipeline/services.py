@@ -78,8 +78,10 @@ def shutdown_ray(timeout_s: float = 60.0) -> bool:
 
 
 def _sampler_cpus(config: ExperimentConfig, sampler: SamplerConfig) -> float:
-    """API samplers wait on the network: they reserve no CPU, so they never crowd out the learner."""
-    return 0.0 if sampler.resolved_backend() is Backend.OPENAI else config.resources.sampler_cpus
+    """API samplers wait on the network and program sources generate nothing (they only score the programs they
+    offer, one forward pass each): neither reserves a CPU, so they never crowd out the target's sampler or the
+    learner."""
+    return 0.0 if sampler.resolved_backend() in (Backend.OPENAI, Backend.PROGRAMS) else config.resources.sampler_cpus
 
 
 def sampler_pool(config: ExperimentConfig, sampler: SamplerConfig) -> SamplerPool:
