@@ -7,32 +7,12 @@ second run whose source is the first run's exported samples file."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.human_eval_cli import human_eval_pass_at_1
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = [
-    "--max-problems", "3", "--num-beams", "2", "--max-new-tokens", "40", "--batch-size", "4",
-    "--set", "problem_batch_size=1", "--set", "eval_fraction=0.34",
-    "--set", "training.max_steps=2", "--set", "training.max_seq_len=384", "--set", "training.per_device_batch_size=2",
-]  # fmt: skip
-
-
-def run_job(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "btp.py"), *args],
-        capture_output=True, text=True, timeout=900, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-
-
-def lines(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "candidates.jsonl").read_text().splitlines()]
+from tests.integration.test_btp_job import TINY, btp_lines, run_job
 
 
 @pytest.mark.slow
@@ -45,7 +25,7 @@ def test_references_mixed_with_self_then_a_samples_file_source(tmp_path: Path) -
     results = json.loads((run / "btp_results.json").read_text())
     assert results["mode"] == "hybrid"
     train, held_out = results["train_problems"], results["eval_problems"]
-    beams = [r for r in lines(run) if r["phase"] == "btp"]
+    beams = [r for r in btp_lines(run) if r["phase"] == "btp"]
     assert {r["task_id"] for r in beams} == set(train)  # nothing from a held-out problem reached the pool
     refs = [r for r in beams if r["source"] == "reference"]
     own = [r for r in beams if r["source"] == "model"]
@@ -89,7 +69,7 @@ def test_references_mixed_with_self_then_a_samples_file_source(tmp_path: Path) -
     results2 = json.loads((second / "btp_results.json").read_text())
     assert results2["eval_problems"] == held_out  # same seed, same split
     assert results2["held_out_guard"]["dropped_programs"] == 2  # the two held-out lines of the file
-    beams2 = [r for r in lines(second) if r["phase"] == "btp"]
+    beams2 = [r for r in btp_lines(second) if r["phase"] == "btp"]
     assert len(beams2) == len(train_rows) and {r["source"] for r in beams2} == {"samples"}
     assert {r["possibility_scorer"] for r in beams2} == {"samples:first-run"}
     assert {r["task_id"] for r in beams2} == set(train)
