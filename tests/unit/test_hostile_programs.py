@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,18 @@ def _sandbox_processes(uid: int) -> list[str]:
     return found
 
 
+def _settled(probe, done, timeout_s: float = 2.0):
+    """``probe()`` once ``done(value)`` holds (or its last value after ``timeout_s``): the server replies as soon as
+    a job's children have reported (killing them), and reaps them and removes their job directory while the owner
+    reads the reply, before the next job starts."""
+    deadline = time.monotonic() + timeout_s
+    value = probe()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        value = probe()
+    return value
+
+
 def _nothing_but_one_empty_directory(scratch: str) -> bool:
     """The scratch tree between jobs: only the directory made for the next job, still empty."""
     entries = os.listdir(scratch)
@@ -65,8 +78,9 @@ def contained(sandbox):
     yield sandbox
     assert sandbox.server_pid == server_pid
     assert sandbox.run("def f(x):\n    return x * x\n", SQUARE_TESTS).status is ExecutionStatus.PASSED
-    assert _sandbox_processes(sandbox.server_info["sandbox_uid"]) == []
-    assert _nothing_but_one_empty_directory(sandbox.scratch_view)
+    for uid in (sandbox.server_info["sandbox_uid"], sandbox.server_info["judge_uid"]):
+        assert _settled(lambda uid=uid: _sandbox_processes(uid), lambda found: found == []) == []
+    assert _settled(lambda: _nothing_but_one_empty_directory(sandbox.scratch_view), bool)
 
 
 def _prog(source: str) -> str:
@@ -190,14 +204,18 @@ def test_setsid_daemon_and_subprocess_are_killed_with_the_job(contained):
     )
     result = contained.run(program, SQUARE_TESTS[:1])
     assert result.status is ExecutionStatus.PASSED  # the daemon cannot delay the verdict
-    leftovers = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"7654321" in (entry / "cmdline").read_bytes():
-                leftovers.append(entry.name)
-        except OSError:
-            continue
-    assert leftovers == []
+
+    def leftovers() -> list[str]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and b"7654321" in (entry / "cmdline").read_bytes():
+                    found.append(entry.name)
+            except OSError:
+                continue
+        return found
+
+    assert _settled(leftovers, lambda found: found == []) == []
 
 
 def test_lingering_non_daemon_thread_does_not_hang_the_job(contained):

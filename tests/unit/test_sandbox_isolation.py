@@ -152,6 +152,17 @@ def _children(pid: int) -> list[tuple[int, int]]:
     return found
 
 
+def _settled(probe, done, timeout_s: float = 2.0):
+    """``probe()`` once ``done(value)`` holds (or its last value after ``timeout_s``): the server replies as soon as
+    a job's children have reported, and reaps them (removing their job directory) while the owner reads the reply."""
+    deadline = time.monotonic() + timeout_s
+    value = probe()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        value = probe()
+    return value
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -227,8 +238,8 @@ def test_the_prepared_child_waits_as_root_and_a_dead_one_is_replaced():
         assert box.run("def f(x):\n    return x * x\n", square).status is ExecutionStatus.PASSED
         server = box.server_pid
         assert server is not None
-        prepared = _children(server)
-        assert [uid for _, uid in prepared] == [0]  # one child, waiting for the next job, not yet the sandbox uid
+        prepared = _settled(lambda: [uid for _, uid in _children(server)], lambda uids: uids == [0])
+        assert prepared == [0]  # one child, waiting for the next job, not yet the sandbox uid
         for settle in (True, False):  # killed well before the job is sent, or while it is being sent
             victim = _children(server)[0][0]
             os.kill(victim, signal.SIGKILL)
@@ -301,7 +312,7 @@ def test_scratch_is_a_capped_in_memory_filesystem_private_to_the_server():
         # The owner's own view of the directory never held a job's files; the server's view is empty after the job.
         assert os.listdir(root) == []
         assert box.scratch_view == f"/proc/{box.server_pid}/root{root}"
-        (next_job,) = os.listdir(box.scratch_view)
+        (next_job,) = _settled(lambda: os.listdir(box.scratch_view), lambda entries: len(entries) == 1)
         assert os.listdir(os.path.join(box.scratch_view, next_job)) == []
     assert not os.path.exists(root)
 
