@@ -233,7 +233,22 @@ class ValueError_(ValueError):
 
 def build_decoder(numpy, make_handle, resolve_reference):
     """``decode(encoded)``: builtin values from the typed encoding. ``make_handle(id, type_name)`` builds the object
-    standing for a handle; ``resolve_reference(module, qualname)`` returns a trusted object or None."""
+    standing for a handle; ``resolve_reference(module, qualname)`` returns a trusted object or None. The builtins
+    are bound now: in the program child, a program that patches them still gets its arguments whole."""
+    _list, _tuple, _set, _frozenset, _iter, _type, _int, _float, _complex, _range = (
+        list,
+        tuple,
+        set,
+        frozenset,
+        iter,
+        type,
+        int,
+        float,
+        complex,
+        range,
+    )
+    containers = {"l": _list, "t": _tuple, "S": _set, "F": _frozenset, "I": _iter}
+    fromhex, _str, _bool, _len, _all = bytes.fromhex, str, bool, len, all
 
     def decode(encoded):
         budget = [MAX_NODES * 2]
@@ -242,51 +257,51 @@ def build_decoder(numpy, make_handle, resolve_reference):
             budget[0] -= 1
             if budget[0] < 0 or depth > MAX_DEPTH + 20:
                 raise ValueError_("value too large")
-            if type(node) is not list or not node or type(node[0]) is not str:
+            if _type(node) is not _list or not node or _type(node[0]) is not _str:
                 raise ValueError_("malformed value")
             tag, rest = node[0], node[1:]
             if tag == "n" and not rest:
                 return None
-            if tag == "b" and type(rest[0]) is bool:
+            if tag == "b" and _type(rest[0]) is _bool:
                 return rest[0]
-            if tag == "i" and type(rest[0]) is str:
-                return int(rest[0], 16)
-            if tag == "f" and type(rest[0]) is str:
-                return float(rest[0])
-            if tag == "s" and type(rest[0]) is str:
+            if tag == "i" and _type(rest[0]) is _str:
+                return _int(rest[0], 16)
+            if tag == "f" and _type(rest[0]) is _str:
+                return _float(rest[0])
+            if tag == "s" and _type(rest[0]) is _str:
                 return rest[0]
-            if tag == "y" and type(rest[0]) is str:
-                return bytes.fromhex(rest[0])
-            if tag == "c" and type(rest[0]) is str and type(rest[1]) is str:
-                return complex(float(rest[0]), float(rest[1]))
-            if tag in ("l", "t", "S", "F", "I") and type(rest[0]) is list:
+            if tag == "y" and _type(rest[0]) is _str:
+                return fromhex(rest[0])
+            if tag == "c" and _type(rest[0]) is _str and _type(rest[1]) is _str:
+                return _complex(_float(rest[0]), _float(rest[1]))
+            if tag in ("l", "t", "S", "F", "I") and _type(rest[0]) is _list:
                 items = [dec(item, depth + 1) for item in rest[0]]
-                return {"l": list, "t": tuple, "S": set, "F": frozenset, "I": iter}[tag](items)
-            if tag == "d" and type(rest[0]) is list:
+                return containers[tag](items)
+            if tag == "d" and _type(rest[0]) is _list:
                 out = {}
                 for pair in rest[0]:
-                    if type(pair) is not list or len(pair) != 2:
+                    if _type(pair) is not _list or _len(pair) != 2:
                         raise ValueError_("malformed value")
                     out[dec(pair[0], depth + 1)] = dec(pair[1], depth + 1)
                 return out
-            if tag == "r" and all(type(v) is str for v in rest[:3]):
-                return range(int(rest[0], 16), int(rest[1], 16), int(rest[2], 16))
-            if tag in ("N", "A") and numpy is not None and type(rest[0]) is str and _DTYPE.match(rest[0]):
+            if tag == "r" and _all(_type(v) is _str for v in rest[:3]):
+                return _range(_int(rest[0], 16), _int(rest[1], 16), _int(rest[2], 16))
+            if tag in ("N", "A") and numpy is not None and _type(rest[0]) is _str and _DTYPE.match(rest[0]):
                 dtype = numpy.dtype(rest[0])
                 if tag == "N":
                     return dtype.type(dec(rest[1], depth + 1))
                 shape = rest[1]
-                if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+                if _type(shape) is not _list or not _all(_type(d) is _int and d >= 0 for d in shape):
                     raise ValueError_("malformed array")
                 return numpy.array(dec(rest[2], depth + 1), dtype=dtype).reshape(shape)
-            if tag == "h" and type(rest[0]) is int and type(rest[1]) is str:
+            if tag == "h" and _type(rest[0]) is _int and _type(rest[1]) is _str:
                 return make_handle(rest[0], rest[1])
-            if tag == "m" and type(rest[0]) is str:
+            if tag == "m" and _type(rest[0]) is _str:
                 found = resolve_reference(rest[0], None)
                 if found is None:
                     raise ValueError_(f"the program's module {rest[0][:100]!r} is not available to the tests")
                 return found
-            if tag == "k" and type(rest[0]) is str and type(rest[1]) is str:
+            if tag == "k" and _type(rest[0]) is _str and _type(rest[1]) is _str:
                 found = resolve_reference(rest[0], rest[1])
                 return found if found is not None else dec(rest[2], depth + 1)
             raise ValueError_("malformed value")
