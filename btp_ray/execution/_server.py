@@ -185,18 +185,22 @@ def _send(fd, obj):
 
 
 # ------------------------------------------------------------------------------------------------------ the runtime
-def _load_runtime():
-    """``_runtime.py`` from this script's directory (``python -I`` does not put it on ``sys.path``)."""
+def _load(file_name, module_name):
+    """A module from this script's directory (``python -I`` does not put it on ``sys.path``)."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_runtime.py")
-    spec = importlib.util.spec_from_file_location("_btp_sandbox_runtime", path)
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), file_name)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 
 
-runtime = _load_runtime()
+codec = _load("_codec.py", "_btp_sandbox_codec")
+runtime = _load("_runtime.py", "_btp_sandbox_runtime")
 
 
 def _emitter(fd):
@@ -594,8 +598,8 @@ class Server:
                 preloaded.append(name)
             except Exception as exc:
                 failed.append(f"{name}: {exc}")
-        runtime.TRUSTED_PACKAGES.update(name.split(".")[0] for name in preloaded)
-        self.encode = runtime.build_encoder()
+        codec.TRUSTED_PACKAGES.update(name.split(".")[0] for name in preloaded)
+        self.encode = codec.build_encoder()
         self._set_up_what_children_inherit()
         # Two children at once are apart only when each job has its own PID namespace and is not the server's uid.
         self.prepare_while_running = self.isolation.own_pidns_fd is not None and self.isolation.drop_uid is not None

@@ -14,8 +14,10 @@ No object of the program takes part in a verdict. Each test is one of two kinds:
 
 So an always-equal object, a patched builtin or stdlib module, a redefined helper, an ``exit(0)`` before the asserts,
 forged result lines or a replaced ``exec`` cannot produce a pass. stdin/stdout tests are compared here token-wise.
-Boundary: a test that calls, by a name only the program binds (not the function under test), a function it expects
-the program to have imported from elsewhere than the standard library calls the program's object.
+Boundary: a function a test calls by a name that only the program binds is the program's, run in the program child
+(that is how the function under test is reached); a test that means by such a name a function the program imported
+(``from math import isclose`` in the program, ``isclose(...)`` in the test) trusts the program's answer for it. A
+module the program imported and the test uses (``math.isclose``) is the judge's own.
 """
 
 from __future__ import annotations
