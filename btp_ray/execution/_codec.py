@@ -76,9 +76,11 @@ def error_line(exc):
 
 TRUSTED_PACKAGES = {"numpy"}  # besides the standard library; the server adds the modules it preloads
 # Modules a name of the program may stand for in the judge (the judge's own import, e.g. a test's ``math.isclose``
-# where the program did ``import math``): those without state a test could be made to change.
+# or MBPP's ``sys.getsizeof`` where the program did the import): those a test plausibly uses that way.
 JUDGE_MODULES = frozenset(
     (
+        "sys",
+        "errno",
         "math",
         "cmath",
         "collections",

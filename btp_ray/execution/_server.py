@@ -151,22 +151,11 @@ def _mount(source, target, fstype, flags, data=None):
 
 
 # ----------------------------------------------------------------------------------------------------------- framing
-def _read_exact(fd, n):
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
 def _recv_body(fd):
-    header = _read_exact(fd, 4)
+    header = codec.read_exact(fd, 4)
     if header is None:
         return None
-    return _read_exact(fd, struct.unpack(">I", header)[0])
+    return codec.read_exact(fd, struct.unpack(">I", header)[0])
 
 
 def _recv(fd):
@@ -175,9 +164,7 @@ def _recv(fd):
 
 
 def _send_body(fd, body):
-    data = memoryview(struct.pack(">I", len(body)) + body)
-    while data:
-        data = data[os.write(fd, data) :]
+    codec.write_all(fd, struct.pack(">I", len(body)) + body)
 
 
 def _send(fd, obj):

@@ -79,31 +79,11 @@ def _assert_forgery_fails(sandbox: Sandbox, task_id: str, completion: str, reaso
 
 
 # ----------------------------------------------------------------------------------------- helper redefinition
-def test_redefined_prompt_helper_does_not_change_the_loop_test_of_humaneval_38(sandbox):
-    """The tests call ``encode_cyclic`` from the prompt: the program makes it the identity, and decodes likewise."""
-    forgery = _completion(
-        """
-            return s
-
-
-        def encode_cyclic(s: str):
-            return s
-        """
-    )
-    _assert_forgery_fails(sandbox, "HumanEval/38", forgery, "AssertionError")
-
-
-def test_redefined_prompt_helper_does_not_change_the_loop_test_of_humaneval_50(sandbox):
-    forgery = _completion(
-        """
-            return s
-
-
-        def encode_shift(s: str):
-            return s
-        """
-    )
-    _assert_forgery_fails(sandbox, "HumanEval/50", forgery, "AssertionError")
+@pytest.mark.parametrize(("task_id", "helper"), [("HumanEval/38", "encode_cyclic"), ("HumanEval/50", "encode_shift")])
+def test_redefined_prompt_helper_does_not_change_the_loop_test(sandbox, task_id, helper):
+    """The tests call the prompt's encoder: the program makes it the identity, and decodes likewise."""
+    forgery = f"    return s\n\n\ndef {helper}(s: str):\n    return s\n"
+    _assert_forgery_fails(sandbox, task_id, forgery, "AssertionError")
 
 
 def test_redefined_poly_does_not_judge_find_zero_of_humaneval_32(sandbox):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import socket
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from btp_ray.data.types import TestCase
 from btp_ray.execution import ExecutionStatus, IsolationLevel, Sandbox, SandboxConfig
+from tests.sandbox_helpers import settled
 
 SECRET = "sk-planted-secret-7f3a9"
 SQUARE_TESTS = [TestCase.assertion("assert f(2) == 4"), TestCase.assertion("assert f(3) == 9")]
@@ -53,18 +53,6 @@ def _sandbox_processes(uid: int) -> list[str]:
     return found
 
 
-def _settled(probe, done, timeout_s: float = 2.0):
-    """``probe()`` once ``done(value)`` holds (or its last value after ``timeout_s``): the server replies as soon as
-    a job's children have reported (killing them), and reaps them and removes their job directory while the owner
-    reads the reply, before the next job starts."""
-    deadline = time.monotonic() + timeout_s
-    value = probe()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.01)
-        value = probe()
-    return value
-
-
 def _nothing_but_one_empty_directory(scratch: str) -> bool:
     """The scratch tree between jobs: only the directory made for the next job, still empty."""
     entries = os.listdir(scratch)
@@ -79,8 +67,8 @@ def contained(sandbox):
     assert sandbox.server_pid == server_pid
     assert sandbox.run("def f(x):\n    return x * x\n", SQUARE_TESTS).status is ExecutionStatus.PASSED
     for uid in (sandbox.server_info["sandbox_uid"], sandbox.server_info["judge_uid"]):
-        assert _settled(lambda uid=uid: _sandbox_processes(uid), lambda found: found == []) == []
-    assert _settled(lambda: _nothing_but_one_empty_directory(sandbox.scratch_view), bool)
+        assert settled(lambda uid=uid: _sandbox_processes(uid), lambda found: found == []) == []
+    assert settled(lambda: _nothing_but_one_empty_directory(sandbox.scratch_view), bool)
 
 
 def _prog(source: str) -> str:
@@ -215,7 +203,7 @@ def test_setsid_daemon_and_subprocess_are_killed_with_the_job(contained):
                 continue
         return found
 
-    assert _settled(leftovers, lambda found: found == []) == []
+    assert settled(leftovers, lambda found: found == []) == []
 
 
 def test_lingering_non_daemon_thread_does_not_hang_the_job(contained):
