@@ -133,7 +133,9 @@ def load_humaneval(path: str | Path | None = None) -> list[Problem]:
                 tests=tuple(tests),
                 entry_point=row["entry_point"],
                 canonical_solution=row["canonical_solution"],
-                test_setup="\n\n".join(p for p in (prompt_helpers(row["prompt"], row["entry_point"]), module_setup) if p),
+                test_setup="\n\n".join(
+                    p for p in (prompt_helpers(row["prompt"], row["entry_point"]), module_setup) if p
+                ),
                 source=DATASET,
                 metadata={"solution_is_completion": True, "test": row["test"]},
             )
