@@ -213,7 +213,10 @@ class Sandbox:
 
     def _plan(self, job: ExecutionJob) -> TestPlan:
         """The job's compiled tests, cached: a batch usually holds many programs for the same problem."""
-        key = (job.test_setup, *((t.kind, t.code, t.setup, t.stdin, t.fn_name, repr(t.args)) for t in job.tests))
+        key = (
+            job.test_setup,
+            *((t.kind, t.code, t.setup, t.stdin, t.fn_name, repr((t.args, t.expected_output))) for t in job.tests),
+        )
         plan = self._plans.get(key)
         if plan is None:
             plan = compile_tests(job.tests, job.test_setup)
