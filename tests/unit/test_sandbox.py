@@ -151,6 +151,9 @@ def test_call_based_tests_compare_returned_values(sandbox):
     tests = [TestCase.call("pair", [1, 2], [2, 1]), TestCase.call("pair", [1, 2], [1, 2])]
     result = sandbox.run(program, tests)
     assert result.per_test == (True, False)
+    # Same calls, other expected outputs: the compiled tests are cached per problem, expected values included.
+    swapped = [TestCase.call("pair", [1, 2], [1, 2]), TestCase.call("pair", [1, 2], [2, 1])]
+    assert sandbox.run(program, swapped).per_test == (False, True)
 
 
 def test_numpy_scalars_and_namedtuples_compare_like_builtins(sandbox):
