@@ -352,7 +352,7 @@ def test_a_program_that_never_returns_costs_about_one_timeout_whatever_its_numbe
         started = time.monotonic()
         result = box.run(LOOPING, EIGHT_TESTS)
         elapsed = time.monotonic() - started
-        assert elapsed <= 1.5 * config.timeout_s + 0.5, elapsed
+        assert elapsed <= 1.5 * config.timeout_s + 1.0, elapsed  # 16 s before the budget (8 tests x 2 s)
         assert result.status is ExecutionStatus.TIMEOUT
         assert result.per_test == (False,) * 8
         assert result.per_test_status[:2] == (ExecutionStatus.TIMEOUT,) * 2
@@ -362,5 +362,5 @@ def test_a_program_that_never_returns_costs_about_one_timeout_whatever_its_numbe
         one_hang = "def f(x):\n    while x == 0:\n        pass\n    return x\n"
         started = time.monotonic()
         result = box.run(one_hang, EIGHT_TESTS)
-        assert time.monotonic() - started <= 1.5 * config.timeout_s + 0.5
+        assert time.monotonic() - started <= 1.5 * config.timeout_s + 1.0
         assert result.per_test == (False,) + (True,) * 7
