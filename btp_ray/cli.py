@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from btp_ray.config import ConfigError, deep_merge, load_yaml, parse_override, set_path, to_dict
 
@@ -189,6 +189,33 @@ def parse_experiment_args(
         os.environ[variable] = args.api_key
         args.api_key = "***"
     return args, config
+
+
+def exit_usage(message: str, prog: str | None = None) -> NoReturn:
+    """End the command with one line on stderr (``prog: error: message``, newlines folded) and exit code 2."""
+    prefix = f"{prog}: error: " if prog else "error: "
+    print(prefix + " ".join(message.split()), file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def load_problems_or_exit(config: Any, prog: str | None = None, *, need_train: bool = True) -> tuple[list, list]:
+    """The run's (training, held-out) problems, loaded before Ray or any model starts, so that a dataset that is
+    not there ends the command within seconds (one line naming the dataset, what was tried and the fix; exit 2)
+    and nothing is created that a retry would trip over."""
+    from btp_ray.data import DatasetError
+    from btp_ray.pipeline.runner import load_split
+
+    try:
+        train, evaluation = load_split(config)
+    except DatasetError as exc:
+        exit_usage(str(exc), prog)
+    if need_train and not train:
+        exit_usage(
+            f"no training problems: {len(evaluation)} problems with eval_fraction={config.eval_fraction}; "
+            "raise --max-problems or lower eval_fraction (--set eval_fraction=...)",
+            prog,
+        )
+    return train, evaluation
 
 
 def build_btp_parser(prog: str = "btp run") -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from btp_ray.cli import BTP_FLAGS, Flag, add_flags, parse_experiment_args
+from btp_ray.cli import BTP_FLAGS, Flag, add_flags, load_problems_or_exit, parse_experiment_args
 from btp_ray.experiment_config import PRESETS, ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,6 @@ def _start(config: ExperimentConfig, output_dir: Path, args: argparse.Namespace,
 def baseline_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.baseline import BaselineSettings, run_baseline
     from btp_ray.experiments.common import open_pools
-    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser(
         "jobs/baseline.py", "Sample-and-filter baseline: n samples per problem, sandboxed tests, pass@k."
@@ -106,8 +105,8 @@ def baseline_main(argv: Sequence[str] | None = None) -> int:
     args, config = parse_experiment_args(parser, argv)
     settings = _settings_or_exit(parser, lambda a: BaselineSettings(num_samples=config.eval_samples or 10), args)
     output_dir = Path(config.output_dir or default_output_dir("baseline"))
+    train, evaluation = load_problems_or_exit(config, parser.prog, need_train=False)
     _start(config, output_dir, args)
-    train, evaluation = load_split(config)
     with open_pools(config) as pools:
         results = run_baseline(config, settings, pools, [*train, *evaluation], output_dir)
     print(
@@ -123,7 +122,6 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.ablation import AblationStudy
     from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.training import make_trainer
-    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser("jobs/ablation.py", "Replay-strategy ablation over one shared candidate pool.")
     _ablation_flags(parser)
@@ -132,8 +130,8 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     if config.training is None:
         parser.error("the ablation fine-tunes a local target: use --mode finetune or hybrid with --target-model")
     output_dir = Path(config.output_dir or default_output_dir("ablation"))
+    train, evaluation = load_problems_or_exit(config, parser.prog)
     _start(config, output_dir, args)
-    train, evaluation = load_split(config)
     with open_pools(config) as pools:
         study = AblationStudy(
             config, settings, pools=pools, trainer=make_trainer(settings.trainer, config.training, train),
@@ -153,7 +151,6 @@ def hyperparam_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.hyperparam import run_hyperparam_study
     from btp_ray.experiments.pool import CandidatePool, build_pool
-    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser(
         "jobs/hyperparam.py", "Hyperparameter study as Ray Tune trials over one shared candidate pool."
@@ -166,8 +163,8 @@ def hyperparam_main(argv: Sequence[str] | None = None) -> int:
     if config.training is None:
         parser.error("the study fine-tunes a local target: use --mode finetune or hybrid with --target-model")
     output_dir = Path(config.output_dir or default_output_dir("hyperparameter"))
+    train, evaluation = load_problems_or_exit(config, parser.prog)
     _start(config, output_dir, args, dashboard=args.dashboard == "on")
-    train, evaluation = load_split(config)
     if args.pool:
         pool = CandidatePool.load(args.pool)
     else:
@@ -196,6 +193,7 @@ def big_to_small_main(argv: Sequence[str] | None = None) -> int:
     missing = config.missing_api_key()
     if missing:
         parser.error(f"the source {config.sampling.model!r} is an API model: pass --api-key or set {missing}")
+    load_problems_or_exit(config, parser.prog)  # the pipeline loads them again, once Ray is up
     _start(config, output_dir, args)
     try:
         summary = run_big_to_small(config, output_dir)
@@ -257,6 +255,10 @@ def main_experiment_main(argv: Sequence[str] | None = None) -> int:
 
     args, config, settings = parse_main_args(argv)
     output_dir = Path(config.output_dir or default_output_dir("experiment"))
+    from btp_ray.experiments.suite import Step
+
+    # Each step loads them again once Ray is up; only the baseline alone can do without training problems.
+    load_problems_or_exit(config, "jobs/main_experiment.py", need_train=set(settings.steps) != {Step.BASELINE})
     _start(config, output_dir, args, dashboard=args.dashboard == "on")
     suite = Suite(config, settings, output_dir).run()
     print(f"\nexperiment suite ({args.experiment}, preset {args.mode}): {output_dir}")
