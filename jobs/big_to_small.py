@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Big-to-small (the seed's big_to_small_finetune_experiment.py): a big local or API source model samples, a small
-local target is fine-tuned on the candidates, and the target is evaluated before and after (with RSR).
+"""Big-to-small (the original suite's big_to_small_finetune_experiment.py): a big local or API source model samples, a
+small local target is fine-tuned on the candidates, and the target is evaluated before and after (with RSR).
 
     python jobs/big_to_small.py --source-model deepseek-chat --target-model smollm2-135m --max-problems 100
 """
