@@ -34,7 +34,7 @@ from btp_ray.sampling import (
     SamplerIdentity,
     SamplerPool,
 )
-from btp_ray.sampling.pool import PoolConfig as SamplerPoolConfig
+from btp_ray.sampling.pool import SamplerPoolConfig
 
 
 class SleepySampler:
@@ -134,7 +134,7 @@ def main() -> None:
                     sampler.generate(problems[:1], GenerationParams(num_candidates=1, max_new_tokens=4))  # warm up
                     rows.append(measure("embedded", sampler, pool, problems, params, 1))
                 finally:
-                    sampler.shutdown()
+                    sampler.close()
     finally:
         ray.shutdown()
 

@@ -58,7 +58,7 @@ class Pools:
     executor: Any
 
     def close(self) -> None:
-        for closer in (self.sampler.shutdown, self.executor.close):
+        for closer in (self.sampler.close, self.executor.close):
             try:
                 closer()
             except Exception as exc:  # best effort: results are already on disk

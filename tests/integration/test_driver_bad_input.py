@@ -105,6 +105,7 @@ def test_data_path_to_a_missing_file_fails_in_seconds_on_one_line(driver: str, t
         assert not out.exists()
 
 
+@pytest.mark.slow  # a whole (small) BTP run: about 1.5 min on a busy 2-core machine
 def test_the_same_btp_command_runs_once_the_data_is_there(tmp_path: Path) -> None:
     """The retry after a failed start: the directory an earlier version's failed start left claimed (state.json,
     nothing done) is taken over, and the run completes on the data that is now in place."""
