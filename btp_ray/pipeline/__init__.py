@@ -39,6 +39,7 @@ def configure_logging(debug: bool, log_file: Path | None) -> None:
 def run_from_args(args: argparse.Namespace, config: ExperimentConfig) -> int:
     """Create (or resume) the run directory, start Ray and the actors, run BTP, print where the results are."""
     from btp_ray.cli import load_problems_or_exit
+    from btp_ray.config import ConfigError
     from btp_ray.pipeline.run_dir import RunDirectory, RunDirectoryError, default_run_path
     from btp_ray.pipeline.runner import BTPPipeline
     from btp_ray.pipeline.services import init_ray, shutdown_ray, start_services
@@ -48,7 +49,7 @@ def run_from_args(args: argparse.Namespace, config: ExperimentConfig) -> int:
         if getattr(args, "resume", None):
             run = RunDirectory.open_existing(args.resume)
             config = run.load_config()
-    except RunDirectoryError as exc:
+    except (RunDirectoryError, ConfigError) as exc:  # ConfigError: a saved config this version cannot read
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     missing = config.missing_api_key()

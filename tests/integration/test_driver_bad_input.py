@@ -129,3 +129,15 @@ def test_the_same_btp_command_runs_once_the_data_is_there(tmp_path: Path) -> Non
     results = json.loads((out / "btp_results.json").read_text())
     assert {*results["train_problems"], *results["eval_problems"]} <= {"Mbpp/11", "Mbpp/12", "Mbpp/13"}
     assert len(results["train_problems"]) == 1 and len(results["eval_problems"]) == 1
+
+
+def test_resume_of_a_run_whose_saved_config_this_version_cannot_read_names_the_field(tmp_path: Path) -> None:
+    from btp_ray.experiment_config import ExperimentConfig
+    from btp_ray.pipeline.run_dir import RunDirectory
+
+    run = RunDirectory.create(tmp_path / "run", ExperimentConfig())
+    saved = run.path / "config.yaml"
+    saved.write_text(saved.read_text().replace("sampling:\n", "sampling:\n  backoff_base_s: 1.0\n", 1))  # since removed
+    proc, elapsed = run_driver("btp", ["--resume", str(run.path)], offline_env(tmp_path))
+    line = assert_one_line_exit_2(proc, elapsed, "btp")
+    assert f"{saved}: sampling.backoff_base_s: unknown field" in line
