@@ -1,5 +1,5 @@
-"""Pipeline overlap: sampling of problem batch i+1 while batch i is tested, against the seed's structure (sample
-every problem, then test every candidate).
+"""Pipeline overlap: sampling of problem batch i+1 while batch i is tested, against the original suite's structure
+(sample every problem, then test every candidate).
 
 Two workloads, each run both ways in the same process on the same local Ray cluster:
 - ``embedded``: the default job's sample → test step for real (SmolLM2-135M beam search on HumanEval problems, the
@@ -34,7 +34,7 @@ from btp_ray.sampling import (
     SamplerIdentity,
     SamplerPool,
 )
-from btp_ray.sampling.pool import PoolConfig as SamplerPoolConfig
+from btp_ray.sampling.pool import SamplerPoolConfig
 
 
 class SleepySampler:
@@ -67,7 +67,7 @@ class ActorSampling:
 
 
 def sequential(sampler, executor: ExecutorPool, problems: list[Problem], params: GenerationParams, batch: int):
-    """The seed's structure: all sampling first, then all testing."""
+    """The original suite's structure: all sampling first, then all testing."""
     start = time.perf_counter()
     candidates: list[list[Candidate]] = []
     for offset in range(0, len(problems), batch):
@@ -134,7 +134,7 @@ def main() -> None:
                     sampler.generate(problems[:1], GenerationParams(num_candidates=1, max_new_tokens=4))  # warm up
                     rows.append(measure("embedded", sampler, pool, problems, params, 1))
                 finally:
-                    sampler.shutdown()
+                    sampler.close()
     finally:
         ray.shutdown()
 

@@ -1,7 +1,7 @@
 """Command-line front end: the original suite's flags mapped onto the typed experiment config, YAML files and
 ``--set section.field=value`` overrides, and the ``btp`` console script.
 
-Precedence: defaults ← ``--preset`` ← ``--config FILE`` ← seed flags ← ``--set``. An invalid value exits with code 2
+Precedence: defaults ← ``--preset`` ← ``--config FILE`` ← flags ← ``--set``. An invalid value exits with code 2
 and a message naming the flag. Library code never calls this; drivers in ``jobs/`` do.
 """
 
@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from btp_ray.config import ConfigError, deep_merge, load_yaml, parse_override, set_path, to_dict
 
@@ -44,58 +44,71 @@ class Flag:
         return self.names[0]
 
 
-def _both(name: str) -> tuple[str, ...]:
-    """The seed used dashes in some scripts and underscores in others; accept both."""
-    underscored = name.replace("-", "_")
-    return (name,) if underscored == name else (name, "--" + underscored[2:])
+def flag_spellings(name: str) -> tuple[str, ...]:
+    """``--num-beams`` and ``--num_beams``: the original suite used dashes in some scripts and underscores in others,
+    so both are accepted (a name without an inner dash has one spelling)."""
+    underscored = "--" + name[2:].replace("-", "_")
+    return (name,) if underscored == name else (name, underscored)
 
 
 BTP_FLAGS: tuple[Flag, ...] = (
     Flag(
-        _both("--mode"),
+        flag_spellings("--mode"),
         "mode",
         "btp_only | finetune | openai | deepseek | hybrid",
         choices=("btp_only", "finetune", "openai", "deepseek", "hybrid"),
     ),
     Flag(
-        (*_both("--source-model"), "--model-name", "--model_name", "--model"),
+        (*flag_spellings("--source-model"), "--model-name", "--model_name", "--model"),
         "sampling.model",
         "model that samples candidates: hub id, local path, alias (smollm2-135m, deepseek-1.3b) or API model",
     ),
-    Flag(_both("--target-model"), "training.base_model", "local model fine-tuned (default: the source model)"),
+    Flag(flag_spellings("--target-model"), "training.base_model", "local model fine-tuned (default: the source model)"),
     Flag(
-        _both("--api-base"), "sampling.api_base", "OpenAI-compatible endpoint (deepseek mode: https://api.deepseek.com)"
+        flag_spellings("--api-base"),
+        "sampling.api_base",
+        "OpenAI-compatible endpoint (deepseek mode: https://api.deepseek.com)",
     ),
-    Flag(_both("--dataset"), "dataset", "humaneval | mbpp | mbpp-sanitized | apps | codecontests"),
-    Flag(_both("--data-path"), "data_path", "local dataset file or directory (MBPP, APPS, CodeContests)"),
+    Flag(flag_spellings("--dataset"), "dataset", "humaneval | mbpp | mbpp-sanitized | apps | codecontests"),
+    Flag(flag_spellings("--data-path"), "data_path", "local dataset file or directory (MBPP, APPS, CodeContests)"),
     Flag(
-        (*_both("--max-problems"), "--num-problems", "--num_problems"),
+        (*flag_spellings("--max-problems"), "--num-problems", "--num_problems"),
         "max_problems",
         "problems used (split into train and held-out eval)",
         int,
     ),
-    Flag(_both("--num-beams"), "generation.num_candidates", "beam width k (candidates per problem)", int),
-    Flag(_both("--num-samples"), "eval_samples", "samples per problem for pass@k evaluation", int),
-    Flag(_both("--n-iterations"), "n_iterations", "BTP iterations (sample → test → replay → fine-tune)", int),
-    Flag(_both("--batch-size"), "batch_size", "experiences drawn from the replay buffer per fine-tuning round", int),
-    Flag(_both("--sampling-method"), "replay.strategy", "power | rank | uniform | pass_rate | possibility"),
-    Flag(_both("--sampling-alpha"), "replay.beta", "priority exponent β of the replay sampling", float),
-    Flag(_both("--p2value-alpha"), "replay.alpha", "α in P2Value = α·possibility + (1−α)·pass_rate", float),
+    Flag(flag_spellings("--num-beams"), "generation.num_candidates", "beam width k (candidates per problem)", int),
+    Flag(flag_spellings("--num-samples"), "eval_samples", "samples per problem for pass@k evaluation", int),
+    Flag(flag_spellings("--n-iterations"), "n_iterations", "BTP iterations (sample → test → replay → fine-tune)", int),
     Flag(
-        _both("--use-lora"),
+        flag_spellings("--batch-size"),
+        "batch_size",
+        "experiences drawn from the replay buffer per fine-tuning round",
+        int,
+    ),
+    Flag(flag_spellings("--sampling-method"), "replay.strategy", "power | rank | uniform | pass_rate | possibility"),
+    Flag(flag_spellings("--sampling-alpha"), "replay.beta", "priority exponent β of the replay sampling", float),
+    Flag(flag_spellings("--p2value-alpha"), "replay.alpha", "α in P2Value = α·possibility + (1−α)·pass_rate", float),
+    Flag(
+        flag_spellings("--use-lora"),
         "training.use_lora",
         "fine-tune LoRA adapters (true) or all weights (false)",
         str2bool,
         boolean=True,
     ),
-    Flag(_both("--lora-r"), "training.lora_r", "LoRA rank", int),
-    Flag(_both("--lora-alpha"), "training.lora_alpha", "LoRA alpha", int),
-    Flag((*_both("--learning-rate"), "--lr"), "training.learning_rate", "learner learning rate", float),
-    Flag(_both("--per-device-batch-size"), "training.per_device_batch_size", "learner micro-batch per worker", int),
-    Flag(_both("--max-new-tokens"), "generation.max_new_tokens", "generation length limit", int),
-    Flag(_both("--seed"), "seed", "random seed of the run", int),
-    Flag(_both("--output-dir"), "output_dir", "run directory (default results/<name>_<YYYYmmdd_HHMMSS>/)"),
-    Flag(_both("--debug"), "debug", "verbose logging", str2bool, boolean=True),
+    Flag(flag_spellings("--lora-r"), "training.lora_r", "LoRA rank", int),
+    Flag(flag_spellings("--lora-alpha"), "training.lora_alpha", "LoRA alpha", int),
+    Flag((*flag_spellings("--learning-rate"), "--lr"), "training.learning_rate", "learner learning rate", float),
+    Flag(
+        flag_spellings("--per-device-batch-size"),
+        "training.per_device_batch_size",
+        "learner micro-batch per worker",
+        int,
+    ),
+    Flag(flag_spellings("--max-new-tokens"), "generation.max_new_tokens", "generation length limit", int),
+    Flag(flag_spellings("--seed"), "seed", "random seed of the run", int),
+    Flag(flag_spellings("--output-dir"), "output_dir", "run directory (default results/<name>_<YYYYmmdd_HHMMSS>/)"),
+    Flag(flag_spellings("--debug"), "debug", "verbose logging", str2bool, boolean=True),
 )
 
 
@@ -114,7 +127,14 @@ def add_flags(parser: argparse.ArgumentParser, flags: Sequence[Flag]) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any field, e.g. replay.beta=2"
     )
-    parser.add_argument("--preset", choices=("quick", "standard", "full"), help="the seed's size presets")
+    from btp_ray.experiment_config import PRESETS
+
+    sizes = ", ".join(f"{name} {p['max_problems']}/{p['num_beams']}/{p['n_iterations']}" for name, p in PRESETS.items())
+    parser.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        help=f"size presets of the original suite (problems/beams/iterations: {sizes})",
+    )
     parser.add_argument("--api-key", "--api_key", default=None, help="API key (else read from the environment)")
 
 
@@ -189,6 +209,40 @@ def parse_experiment_args(
         os.environ[variable] = args.api_key
         args.api_key = "***"
     return args, config
+
+
+def exit_usage(message: str, prog: str | None = None) -> NoReturn:
+    """End the command with one line on stderr (``prog: error: message``, newlines folded) and exit code 2."""
+    prefix = f"{prog}: error: " if prog else "error: "
+    print(prefix + " ".join(message.split()), file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def load_problems_or_exit(config: Any, prog: str | None = None, *, need_train: bool = True) -> tuple[list, list]:
+    """The run's (training, held-out) problems, loaded before Ray or any model starts, so that a dataset (or a
+    samples file of a ``samples:PATH`` source) that is not there ends the command within seconds (one line naming
+    the dataset or file, what was tried and the fix; exit 2) and nothing is created that a retry would trip over."""
+    from btp_ray.data import DatasetError
+    from btp_ray.pipeline.runner import load_split
+    from btp_ray.sources import SamplesFileError, SourceSpec, read_samples
+
+    try:
+        train, evaluation = load_split(config)
+    except DatasetError as exc:
+        exit_usage(str(exc), prog)
+    spec = SourceSpec.parse(config.sampling.model)
+    try:
+        for path in spec.samples_files if spec is not None else ():
+            read_samples(path)  # a missing or malformed samples file stops here, one line naming file, line, field
+    except SamplesFileError as exc:
+        exit_usage(str(exc), prog)
+    if need_train and not train:
+        exit_usage(
+            f"no training problems: {len(evaluation)} problems with eval_fraction={config.eval_fraction}; "
+            "raise --max-problems or lower eval_fraction (--set eval_fraction=...)",
+            prog,
+        )
+    return train, evaluation
 
 
 def build_btp_parser(prog: str = "btp run") -> argparse.ArgumentParser:

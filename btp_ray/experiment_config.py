@@ -85,7 +85,7 @@ class ResourcesConfig:
 class ExperimentConfig:
     """A BTP run. Defaults are the embedded CPU run (SmolLM2-135M, a few HumanEval problems, one LoRA iteration).
 
-    ``batch_size`` is how many experiences the learner draws from the replay buffer per iteration (the seed's
+    ``batch_size`` is how many experiences the learner draws from the replay buffer per iteration (the original suite's
     ``--batch-size``); ``problem_batch_size`` how many problems go to the samplers at once, the unit by which
     sampling and testing overlap; ``prestart_learner`` starts each iteration's trainer workers while sampling runs,
     so their start-up is off the critical path. Evaluation uses held-out problems (``eval_fraction`` of them,

@@ -57,7 +57,7 @@ def relative_success_rate(a: float, b: float) -> float:
     return 100.0 * (a - b) / (100.0 - b)
 
 
-def normalize_code(code: str) -> str:
+def exact_match_form(code: str) -> str:
     """Code with comments, docstrings-as-expressions aside, and formatting normalised, for exact-match comparison.
 
     Parses and unparses with :mod:`ast` (dropping comments and layout); code that does not parse falls back to
@@ -79,8 +79,8 @@ def normalize_code(code: str) -> str:
 
 
 def exact_match(code: str, reference: str) -> bool:
-    """Whether two programs are the same after :func:`normalize_code`."""
-    return normalize_code(code) == normalize_code(reference)
+    """Whether two programs are the same after :func:`exact_match_form`."""
+    return exact_match_form(code) == exact_match_form(reference)
 
 
 @dataclass(frozen=True)

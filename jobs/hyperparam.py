@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Step 4, the hyperparameter study on Ray Tune (the seed's step4_hyperparameter_study.py): one Tune trial per
+"""Step 4, the hyperparameter study on Ray Tune (the original suite's step4_hyperparameter_study.py): one Tune trial per
 configuration over alpha, beta, sampling method, num_beams, lr, LoRA r/alpha and batch size; ASHA early stopping.
 
     python jobs/hyperparam.py --search_type focused --max_configs 15 --output_dir DIR

@@ -19,6 +19,7 @@ from btp_ray.data.types import Problem, TestCase
 
 DATASET = "apps"
 HUB_ID = "codeparrot/apps"
+FIX = "pass --data-path <an APPS .jsonl, .json or .parquet file, or its original folder of problems>"
 
 
 def _as_text(value: Any) -> str:
@@ -121,9 +122,9 @@ def load_apps(
         elif source.is_file():
             records = list(read_records(DATASET, source))
         else:
-            raise DatasetError(DATASET, "file or directory not found", path=source)
+            raise DatasetError(DATASET, f"file or directory not found; fix: {FIX}", path=source)
     else:
-        records = read_hub(DATASET, HUB_ID, split=split or "test")
+        records = read_hub(DATASET, HUB_ID, split=split or "test", fix=FIX)
     problems = [record_to_problem(record, where) for record, where in records]
     if difficulty is not None:
         problems = [p for p in problems if p.difficulty == difficulty]

@@ -13,6 +13,7 @@ from btp_ray.data.types import Problem, TestCase
 
 DATASET = "codecontests"
 HUB_ID = "deepmind/code_contests"
+FIX = "pass --data-path <a CodeContests .jsonl, .json or .parquet file>"
 TEST_SETS = ("public_tests", "private_tests", "generated_tests")
 PYTHON3 = 3  # the dataset's language enum: 0 unknown, 1 Python 2, 2 C++, 3 Python 3, 4 Java
 DIFFICULTY = {0: "unknown", 1: "easy", 2: "medium", 3: "hard", 4: "harder", 5: "hardest", 6: "external"}
@@ -83,8 +84,8 @@ def load_codecontests(
     if path is not None:
         source = Path(path)
         if not source.is_file():
-            raise DatasetError(DATASET, "file not found", path=source)
+            raise DatasetError(DATASET, f"file not found; fix: {FIX}", path=source)
         records = list(read_records(DATASET, source))
     else:
-        records = read_hub(DATASET, HUB_ID, split=split or "test")
+        records = read_hub(DATASET, HUB_ID, split=split or "test", fix=FIX)
     return [record_to_problem(record, where, test_sets) for record, where in records]

@@ -116,7 +116,11 @@ def load_humaneval(path: str | Path | None = None) -> list[Problem]:
     """Load the 164 HumanEval problems (from ``path`` if given, else the bundled file)."""
     source = Path(path) if path is not None else bundled_path()
     if not source.is_file():
-        raise DatasetError(DATASET, "file not found", path=source)
+        raise DatasetError(
+            DATASET,
+            "file not found; fix: pass --data-path <a HumanEval .jsonl or .jsonl.gz file>, or none for the bundled one",
+            path=source,
+        )
     problems = []
     for line_no, row in _read_rows(source):
         for key in ("task_id", "prompt", "entry_point", "canonical_solution", "test"):

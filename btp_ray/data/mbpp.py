@@ -92,9 +92,11 @@ def find_local_file(name: str, path: str | Path | None = None) -> Path | None:
             for sub in (candidate / filename, candidate / "mbpp" / filename):
                 if sub.is_file():
                     return sub
-            raise DatasetError(name, f"directory has no {filename}", path=candidate)
+            raise DatasetError(
+                name, f"directory has neither {filename} nor mbpp/{filename}; fix: {_fix(name)}", path=candidate
+            )
         if not candidate.is_file():
-            raise DatasetError(name, "file not found", path=candidate)
+            raise DatasetError(name, f"file not found; fix: {_fix(name)}", path=candidate)
         return candidate
     data_dir = os.environ.get("BTP_DATA_DIR")
     if data_dir:
@@ -102,6 +104,11 @@ def find_local_file(name: str, path: str | Path | None = None) -> Path | None:
             if sub.is_file():
                 return sub
     return None
+
+
+def _fix(name: str) -> str:
+    filename = FILENAMES[name]
+    return f"pass --data-path <{filename}, or a directory holding mbpp/{filename}> or set BTP_DATA_DIR to it"
 
 
 def load_mbpp(name: str = FULL, *, split: str | None = None, path: str | Path | None = None) -> list[Problem]:
@@ -114,7 +121,11 @@ def load_mbpp(name: str = FULL, *, split: str | None = None, path: str | Path | 
     if local is not None:
         rows = list(read_records(name, local))
     else:
-        rows = read_hub(name, HUB_ID, config="sanitized" if name == SANITIZED else "full")
+        data_dir = os.environ.get("BTP_DATA_DIR")
+        where = f"BTP_DATA_DIR={data_dir} has no mbpp/{FILENAMES[name]}" if data_dir else "BTP_DATA_DIR not set"
+        tried = f"not found locally (no --data-path, {where})"
+        config = "sanitized" if name == SANITIZED else "full"
+        rows = read_hub(name, HUB_ID, config=config, tried=tried, fix=_fix(name))
         rows.sort(key=lambda item: item[0].get("task_id", 0))
     problems = []
     for row, where in rows:

@@ -27,7 +27,7 @@ CANDIDATES_FILE = "candidates.jsonl"
 
 @dataclass(frozen=True)
 class BaselineSettings:
-    """``num_samples`` samples per problem (the seed's ``--num_samples``), drawn with the run's seed."""
+    """``num_samples`` samples per problem (the original suite's ``--num_samples``), drawn with the run's seed."""
 
     num_samples: int = 10
 

@@ -1,6 +1,6 @@
 """Command lines of the suite's jobs (``jobs/baseline.py``, ``ablation.py``, ``hyperparam.py``, ``big_to_small.py``,
-``main_experiment.py``): the seed's flags on top of the BTP flags of :mod:`btp_ray.cli`, each job's own flags, and
-the run itself (Ray up, logging to the run's directory, one summary line per result at the end)."""
+``main_experiment.py``): the original suite's flags on top of the BTP flags of :mod:`btp_ray.cli`, each job's own flags,
+and the run itself (Ray up, logging to the run's directory, one summary line per result at the end)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from btp_ray.cli import BTP_FLAGS, Flag, add_flags, parse_experiment_args
+from btp_ray.cli import BTP_FLAGS, Flag, add_flags, flag_spellings, load_problems_or_exit, parse_experiment_args
 from btp_ray.experiment_config import PRESETS, ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -28,10 +28,6 @@ def experiment_parser(prog: str, description: str, flags: Sequence[Flag] = BTP_F
     return parser
 
 
-def _both(name: str) -> list[str]:
-    return [name, "--" + name[2:].replace("-", "_")]
-
-
 def _ablation_flags(parser: argparse.ArgumentParser) -> None:
     from btp_ray.experiments.ablation import Arm
     from btp_ray.experiments.training import TrainerKind
@@ -39,7 +35,9 @@ def _ablation_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ablation")
     group.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training/replay seeds (>= 3 for CIs)")
     group.add_argument("--arms", nargs="+", choices=[a.value for a in Arm], default=[a.value for a in Arm])
-    group.add_argument(*_both("--budget"), type=int, default=None, help="examples per fit (default: --batch-size)")
+    group.add_argument(
+        *flag_spellings("--budget"), type=int, default=None, help="examples per fit (default: --batch-size)"
+    )
     group.add_argument(
         "--trainer",
         choices=[t.value for t in TrainerKind],
@@ -50,10 +48,12 @@ def _ablation_flags(parser: argparse.ArgumentParser) -> None:
 
 def _hyperparam_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hyperparameter study")
-    group.add_argument(*_both("--search-type"), choices=("focused", "grid", "random"), default="focused")
-    group.add_argument(*_both("--max-configs"), type=int, default=15)
-    group.add_argument(*_both("--study-seed"), type=int, default=0, help="seed of the search and the trials")
-    group.add_argument(*_both("--early-stopping"), choices=("on", "off"), default="on", help="ASHA on the loss")
+    group.add_argument(*flag_spellings("--search-type"), choices=("focused", "grid", "random"), default="focused")
+    group.add_argument(*flag_spellings("--max-configs"), type=int, default=15)
+    group.add_argument(*flag_spellings("--study-seed"), type=int, default=0, help="seed of the search and the trials")
+    group.add_argument(
+        *flag_spellings("--early-stopping"), choices=("on", "off"), default="on", help="ASHA on the loss"
+    )
 
 
 def _ablation_settings(args: argparse.Namespace) -> Any:
@@ -98,7 +98,6 @@ def _start(config: ExperimentConfig, output_dir: Path, args: argparse.Namespace,
 def baseline_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.baseline import BaselineSettings, run_baseline
     from btp_ray.experiments.common import open_pools
-    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser(
         "jobs/baseline.py", "Sample-and-filter baseline: n samples per problem, sandboxed tests, pass@k."
@@ -106,8 +105,8 @@ def baseline_main(argv: Sequence[str] | None = None) -> int:
     args, config = parse_experiment_args(parser, argv)
     settings = _settings_or_exit(parser, lambda a: BaselineSettings(num_samples=config.eval_samples or 10), args)
     output_dir = Path(config.output_dir or default_output_dir("baseline"))
+    train, evaluation = load_problems_or_exit(config, parser.prog, need_train=False)
     _start(config, output_dir, args)
-    train, evaluation = load_split(config)
     with open_pools(config) as pools:
         results = run_baseline(config, settings, pools, [*train, *evaluation], output_dir)
     print(
@@ -123,7 +122,6 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.ablation import AblationStudy
     from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.training import make_trainer
-    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser("jobs/ablation.py", "Replay-strategy ablation over one shared candidate pool.")
     _ablation_flags(parser)
@@ -132,8 +130,8 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     if config.training is None:
         parser.error("the ablation fine-tunes a local target: use --mode finetune or hybrid with --target-model")
     output_dir = Path(config.output_dir or default_output_dir("ablation"))
+    train, evaluation = load_problems_or_exit(config, parser.prog)
     _start(config, output_dir, args)
-    train, evaluation = load_split(config)
     with open_pools(config) as pools:
         study = AblationStudy(
             config, settings, pools=pools, trainer=make_trainer(settings.trainer, config.training, train),
@@ -153,21 +151,22 @@ def hyperparam_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.hyperparam import run_hyperparam_study
     from btp_ray.experiments.pool import CandidatePool, build_pool
-    from btp_ray.pipeline.runner import load_split
 
     parser = experiment_parser(
         "jobs/hyperparam.py", "Hyperparameter study as Ray Tune trials over one shared candidate pool."
     )
     _hyperparam_flags(parser)
     parser.add_argument("--pool", default=None, help="reuse a candidate pool file (e.g. an ablation's)")
-    parser.add_argument(*_both("--dashboard"), choices=("on", "off"), default="on", help="start the Ray dashboard")
+    parser.add_argument(
+        *flag_spellings("--dashboard"), choices=("on", "off"), default="on", help="start the Ray dashboard"
+    )
     args, config = parse_experiment_args(parser, argv)
     settings = _settings_or_exit(parser, _hyperparam_settings, args)
     if config.training is None:
         parser.error("the study fine-tunes a local target: use --mode finetune or hybrid with --target-model")
     output_dir = Path(config.output_dir or default_output_dir("hyperparameter"))
+    train, evaluation = load_problems_or_exit(config, parser.prog)
     _start(config, output_dir, args, dashboard=args.dashboard == "on")
-    train, evaluation = load_split(config)
     if args.pool:
         pool = CandidatePool.load(args.pool)
     else:
@@ -196,6 +195,7 @@ def big_to_small_main(argv: Sequence[str] | None = None) -> int:
     missing = config.missing_api_key()
     if missing:
         parser.error(f"the source {config.sampling.model!r} is an API model: pass --api-key or set {missing}")
+    load_problems_or_exit(config, parser.prog)  # the pipeline loads them again, once Ray is up
     _start(config, output_dir, args)
     try:
         summary = run_big_to_small(config, output_dir)
@@ -228,9 +228,15 @@ def parse_main_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
     parser.add_argument(
         "--mode", choices=tuple(PRESETS), default=None, help="size preset (max-problems/num-beams/n-iterations)"
     )
-    parser.add_argument(*_both("--baseline-samples"), type=int, default=None, help="baseline samples per problem")
-    parser.add_argument(*_both("--target-model-small"), default=None, help="big-to-small target (default: target)")
-    parser.add_argument(*_both("--dashboard"), choices=("on", "off"), default="off", help="start the Ray dashboard")
+    parser.add_argument(
+        *flag_spellings("--baseline-samples"), type=int, default=None, help="baseline samples per problem"
+    )
+    parser.add_argument(
+        *flag_spellings("--target-model-small"), default=None, help="big-to-small target (default: target)"
+    )
+    parser.add_argument(
+        *flag_spellings("--dashboard"), choices=("on", "off"), default="off", help="start the Ray dashboard"
+    )
     _ablation_flags(parser)
     _hyperparam_flags(parser)
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -257,6 +263,10 @@ def main_experiment_main(argv: Sequence[str] | None = None) -> int:
 
     args, config, settings = parse_main_args(argv)
     output_dir = Path(config.output_dir or default_output_dir("experiment"))
+    from btp_ray.experiments.suite import Step
+
+    # Each step loads them again once Ray is up; only the baseline alone can do without training problems.
+    load_problems_or_exit(config, "jobs/main_experiment.py", need_train=set(settings.steps) != {Step.BASELINE})
     _start(config, output_dir, args, dashboard=args.dashboard == "on")
     suite = Suite(config, settings, output_dir).run()
     print(f"\nexperiment suite ({args.experiment}, preset {args.mode}): {output_dir}")
@@ -267,7 +277,8 @@ def main_experiment_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _preset_of(argv: Sequence[str]) -> str | None:
-    """The main runner's ``--mode`` is the seed's size preset; it becomes ``--preset`` so flags given after it win."""
+    """The main runner's ``--mode`` is the original suite's size preset; it becomes ``--preset`` so that flags given
+    after it win."""
     for i, arg in enumerate(argv):
         value = argv[i + 1] if arg == "--mode" and i + 1 < len(argv) else None
         if arg.startswith("--mode="):

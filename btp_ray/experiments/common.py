@@ -66,9 +66,9 @@ class Pools:
             self.source = self.sampler
 
     def close(self) -> None:
-        closers = [self.sampler.shutdown, self.executor.close]
+        closers = [self.sampler.close, self.executor.close]
         if self.programs is not None:
-            closers.insert(0, self.programs.shutdown)
+            closers.insert(0, self.programs.close)
         for closer in closers:
             try:
                 closer()
@@ -110,7 +110,7 @@ def open_pools(config: ExperimentConfig, model: str | None = None) -> Pools:
         return Pools(sampler=sampler, executor=executor, source=source, programs=programs)
     except BaseException:
         for pool in started:
-            pool.shutdown()
+            pool.close()
         executor.close()
         raise
 

@@ -1,5 +1,8 @@
 """Step 4, the hyperparameter study on Ray Tune: every configuration is a Tune trial (visible in the Ray dashboard)
 over α, β, the replay sampling method, num_beams, the learning rate, LoRA r/alpha and the replay batch size.
+A grid or random study is a Tune search space (``tune.grid_search``, ``tune.uniform``/``loguniform``/``choice``)
+whose variants Tune's variant generator resolves with the study's seed, so the trial list is known (and bounded by
+``max_configs``) before the first trial starts.
 
 Trials share one candidate pool sampled and tested once by the driver; only a trial whose ``num_beams`` differs from
 the pool's re-samples (beam search with its own k, tested in its own sandbox). Each trial draws its batch from a
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import itertools
 import logging
 import math
 import re
@@ -50,14 +52,8 @@ GRID_VALUES: dict[str, tuple[Any, ...]] = {
     "sampling_method": ("power", "rank"),
     "learning_rate": (1e-4, 5e-4),
 }
-# Random search: (kind, low, high) for numbers (log-uniform for "log"), or the choices.
-RANDOM_SPACE: dict[str, tuple[Any, ...]] = {
-    "alpha": ("uniform", 0.0, 1.0),
-    "beta": ("log", 0.25, 4.0),
-    "sampling_method": ("choice", "power", "rank"),
-    "learning_rate": ("log", 3e-5, 2e-3),
-    "lora_r": ("choice", 8, 16, 32),
-}
+# Random search draws the knobs it names from Tune's distributions (see ``random_space``).
+RANDOM_KNOBS = ("alpha", "beta", "sampling_method", "learning_rate", "lora_r")
 # ASHA halves the trials at each rung; with fewer trials than this it would prune most of a tiny study.
 MIN_TRIALS_FOR_ASHA = 4
 OBJECTIVE = ("eval_pass_at_1", "eval_mean_pass_rate")  # maximised, in this order; then the lower final loss
@@ -65,8 +61,8 @@ OBJECTIVE = ("eval_pass_at_1", "eval_mean_pass_rate")  # maximised, in this orde
 
 class SearchType(str, enum.Enum):
     FOCUSED = "focused"  # one knob at a time around the run's config
-    GRID = "grid"  # the cross product of GRID_VALUES (a seeded subset when larger than max_configs)
-    RANDOM = "random"  # seeded draws from RANDOM_SPACE
+    GRID = "grid"  # Tune's grid over GRID_VALUES (a seeded subset when larger than max_configs)
+    RANDOM = "random"  # seeded draws from Tune's distributions (random_space)
 
 
 class TrialStatus(str, enum.Enum):
@@ -125,8 +121,38 @@ def default_knobs(config: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def random_space() -> dict[str, Any]:
+    """The random search's distributions, as Tune's own search-space objects."""
+    from ray import tune
+
+    return {
+        "alpha": tune.uniform(0.0, 1.0),
+        "beta": tune.loguniform(0.25, 4.0),
+        "sampling_method": tune.choice(["power", "rank"]),
+        "learning_rate": tune.loguniform(3e-5, 2e-3),
+        "lora_r": tune.choice([8, 16, 32]),
+    }
+
+
+def search_space(settings: HyperparamSettings, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The grid or random study's Tune search space: the knobs searched over Tune's ``grid_search`` or its
+    distributions (``settings.values`` becomes a grid / a ``choice``), every other knob at the run's value."""
+    from ray import tune
+
+    if settings.search_type is SearchType.GRID:
+        values = {**GRID_VALUES, **settings.values}
+        return {**defaults, **{knob: tune.grid_search(list(v)) for knob, v in values.items()}}
+    if settings.search_type is SearchType.RANDOM:
+        chosen = {knob: tune.choice(list(v)) for knob, v in settings.values.items()}
+        return {**defaults, **random_space(), **chosen}
+    raise ValueError(f"a {settings.search_type.value} study is a list of configurations, not a search space")
+
+
 def trial_configs(settings: HyperparamSettings, defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The trials' knob settings, at most ``max_configs``, deterministic for a given seed."""
+    """The trials' knob settings, at most ``max_configs``, deterministic for a given seed: a focused study's list,
+    or variants of :func:`search_space` resolved by Tune's variant generator with the study's seed."""
+    from ray.tune.search.variant_generator import generate_variants
+
     rng = np.random.default_rng(settings.seed)
     configs: list[dict[str, Any]] = []
     if settings.search_type is SearchType.FOCUSED:
@@ -135,33 +161,24 @@ def trial_configs(settings: HyperparamSettings, defaults: Mapping[str, Any]) -> 
         for knob, options in values.items():
             configs.extend({**defaults, knob: v} for v in options if v != defaults[knob])
     elif settings.search_type is SearchType.GRID:
-        values = {**GRID_VALUES, **settings.values}
-        names = list(values)
-        configs = [
-            {**defaults, **dict(zip(names, combo, strict=True))} for combo in itertools.product(*values.values())
-        ]
+        configs = [variant for _, variant in generate_variants(search_space(settings, defaults))]
         if len(configs) > settings.max_configs:
             keep = sorted(rng.choice(len(configs), size=settings.max_configs, replace=False).tolist())
             configs = [configs[i] for i in keep]
     else:
-        space = {**RANDOM_SPACE, **{k: ("choice", *v) for k, v in settings.values.items()}}
-        for _ in range(settings.max_configs):
-            configs.append({**defaults, **{knob: _draw(rng, spec) for knob, spec in space.items()}})
+        space = search_space(settings, defaults)
+        # A space of few choices repeats itself: draw (a bounded number of times) until max_configs distinct ones.
+        for _ in range(20 * settings.max_configs):
+            _, variant = next(generate_variants(space, random_state=rng))
+            if variant not in configs:
+                configs.append(variant)
+            if len(configs) == settings.max_configs:
+                break
     unique: list[dict[str, Any]] = []
     for config in configs:
         if config not in unique:
             unique.append(config)
     return [{"index": i, **c} for i, c in enumerate(unique[: settings.max_configs])]
-
-
-def _draw(rng: np.random.Generator, spec: tuple[Any, ...]) -> Any:
-    kind = spec[0]
-    if kind == "uniform":
-        return round(float(rng.uniform(spec[1], spec[2])), 4)
-    if kind == "log":
-        return float(f"{math.exp(rng.uniform(math.log(spec[1]), math.log(spec[2]))):.3g}")
-    choice = spec[1:][int(rng.integers(len(spec) - 1))]
-    return choice.item() if hasattr(choice, "item") else choice
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The main runner: the steps of the paper's suite (baseline, BTP, ablation, hyperparameters, big-to-small) into one
-directory with the seed's layout, then one report::
+directory with the original suite's layout, then one report::
 
     <dir>/step1_baseline/baseline_experiment_results.json
     <dir>/step2_btp/btp_results.json            (the BTP pipeline's own run directory)
@@ -56,7 +56,7 @@ EXPERIMENTS = ("all", "baseline", "btp", "btp_finetune", "ablation", "hyperparam
 
 
 def steps_for(experiment: str) -> tuple[Step, ...]:
-    """The steps ``--experiment`` names (``btp_finetune`` is the seed's name for the BTP fine-tuning step)."""
+    """The steps ``--experiment`` names (``btp_finetune`` is the original suite's name for the BTP fine-tuning step)."""
     if experiment == "all":
         return tuple(Step)
     if experiment == "btp_finetune":

@@ -2,9 +2,10 @@
 sampler showed the model, and a trainer turns them into an adapter.
 
 Two trainers, one training code: :class:`LocalTrainer` runs the plain ``Learner`` in this process and keeps the base
-model loaded across arms; :class:`RayTrainTrainer` runs the same ``Learner`` as a Ray Train ``TorchTrainer`` job. On
-a small CPU machine the TorchTrainer's fixed start-up (~45 s per fit, see FACTS.md) dominates an ablation of
-arms × seeds fits of a few steps each, so studies default to the local trainer; on a cluster use ``ray_train``.
+model loaded across arms; :class:`RayTrainTrainer` runs the same ``Learner`` as a Ray Train ``TorchTrainer`` job. On a
+small CPU machine the TorchTrainer's fixed start-up (tens of seconds per fit; ``benchmarks/training_throughput.py`` and
+each run's ``metrics.json`` measure it) dominates an ablation of arms × seeds fits of a few steps each, so studies
+default to the local trainer; on a cluster use ``ray_train``.
 """
 
 from __future__ import annotations

@@ -38,17 +38,18 @@ def configure_logging(debug: bool, log_file: Path | None) -> None:
 
 def run_from_args(args: argparse.Namespace, config: ExperimentConfig) -> int:
     """Create (or resume) the run directory, start Ray and the actors, run BTP, print where the results are."""
+    from btp_ray.cli import load_problems_or_exit
+    from btp_ray.config import ConfigError
     from btp_ray.pipeline.run_dir import RunDirectory, RunDirectoryError, default_run_path
     from btp_ray.pipeline.runner import BTPPipeline
     from btp_ray.pipeline.services import init_ray, shutdown_ray, start_services
 
+    run: RunDirectory | None = None
     try:
         if getattr(args, "resume", None):
             run = RunDirectory.open_existing(args.resume)
             config = run.load_config()
-        else:
-            run = RunDirectory.create(Path(config.output_dir or default_run_path(config.name)), config)
-    except RunDirectoryError as exc:
+    except (RunDirectoryError, ConfigError) as exc:  # ConfigError: a saved config this version cannot read
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     missing = config.missing_api_key()
@@ -59,6 +60,13 @@ def run_from_args(args: argparse.Namespace, config: ExperimentConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    load_problems_or_exit(config)  # before the run directory is claimed and before Ray starts
+    if run is None:
+        try:
+            run = RunDirectory.create(Path(config.output_dir or default_run_path(config.name)), config)
+        except RunDirectoryError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     configure_logging(config.debug, run.log_file)
     logger.info("run directory: %s%s", run.path, " (resumed)" if getattr(args, "resume", None) else "")
     started = time.perf_counter()

@@ -80,8 +80,10 @@ class RunDirectory:
     # -- creation and resume -------------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, config: ExperimentConfig) -> RunDirectory:
+        """Start a new run in ``path``. A directory holding a run that got somewhere is refused (``--resume`` it);
+        one whose run never completed a phase nor logged a candidate (a failed start) is taken over afresh."""
         run = cls(path)
-        if (run.path / STATE).exists():
+        if (run.path / STATE).exists() and run.started():
             raise RunDirectoryError(
                 f"{run.path} already holds a run; continue it with --resume {run.path} or pick another --output-dir"
             )
@@ -122,6 +124,15 @@ class RunDirectory:
     def load_state(self) -> RunState:
         data = json.loads((self.path / STATE).read_text(encoding="utf-8"))
         return RunState(**data)
+
+    def started(self) -> bool:
+        """Whether the run got anywhere: a phase completed or a candidate logged (an unreadable state counts)."""
+        try:
+            state = self.load_state()
+        except (OSError, ValueError, TypeError):
+            return True
+        candidates = self.path / CANDIDATES
+        return bool(state.completed) or (candidates.exists() and candidates.stat().st_size > 0)
 
     def save_state(self, state: RunState) -> None:
         atomic_write_json(

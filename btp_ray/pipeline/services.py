@@ -7,14 +7,13 @@ import logging
 import os
 from typing import Any
 
-from btp_ray.execution import ExecutorPool
-from btp_ray.execution import PoolConfig as ExecutorPoolConfig
+from btp_ray.execution import ExecutorPool, PoolConfig
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.pipeline.run_dir import RunDirectory
 from btp_ray.pipeline.runner import Services
 from btp_ray.replay import create_replay_actor
 from btp_ray.sampling import Backend, SamplerConfig, SamplerPool
-from btp_ray.sampling.pool import PoolConfig as SamplerPoolConfig
+from btp_ray.sampling.pool import SamplerPoolConfig
 from btp_ray.sources.spec import SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def executor_pool(config: ExperimentConfig) -> ExecutorPool:
     resources = config.resources
     return ExecutorPool(
         config.execution,
-        pool_config=ExecutorPoolConfig(
+        pool_config=PoolConfig(
             num_executors=resources.num_executors,
             cpus_per_executor=resources.executor_cpus,
             resource_name=resources.executor_resource,
@@ -200,13 +199,13 @@ def start_services(config: ExperimentConfig, run: RunDirectory) -> Services:
         replay = create_replay_actor(config.replay, f"btp-replay-{run.path.name}", run.buffer_dir)
         closers.append(lambda: _kill(replay))
         source_pool = sampler_pool(config, config.sampling)
-        closers.append(source_pool.shutdown)
+        closers.append(source_pool.close)
         source: Any = source_pool
         target = None
         target_sampling = target_sampler_config(config)
         if target_sampling is not None:
             target = sampler_pool(config, target_sampling)
-            closers.append(target.shutdown)
+            closers.append(target.close)
         spec = SourceSpec.parse(config.sampling.model)
         if spec is not None and spec.self_samples:
             if target is None:

@@ -13,7 +13,7 @@ from btp_ray.replay.config import Eviction, ReplayConfig, Strategy
 from btp_ray.replay.experience import (
     Experience,
     PossibilityMode,
-    normalise_code,
+    dedup_form,
     p2value,
     possibility_from_logprob,
     scored,
@@ -32,7 +32,7 @@ __all__ = [
     "Strategy",
     "UpdateResult",
     "create_replay_actor",
-    "normalise_code",
+    "dedup_form",
     "p2value",
     "possibility_from_logprob",
     "scored",

@@ -42,11 +42,11 @@ class Eviction(str, enum.Enum):
 class ReplayConfig:
     """Frozen, validated configuration of a :class:`~btp_ray.replay.ReplayBuffer` and its actor.
 
-    ``beta`` is the priority exponent (the seed's ``--sampling-alpha``); ``alpha`` the P2Value weight (the seed's
-    ``--p2value-alpha``). ``epsilon`` > 0 floors every priority at ε so that zero-scored entries stay drawable;
-    the default 0 keeps the distribution exactly as defined. ``checkpoint_every``: the actor writes a full snapshot
-    every this many mutating calls (add/update) and journals the calls in between, so nothing acknowledged is lost
-    either way. ``keep_checkpoints``: snapshots kept on disk (the newest and its predecessors).
+    ``beta`` is the priority exponent (the original suite's ``--sampling-alpha``); ``alpha`` the P2Value weight (the
+    original suite's ``--p2value-alpha``). ``epsilon`` > 0 floors every priority at ε so that zero-scored entries stay
+    drawable; the default 0 keeps the distribution exactly as defined. ``checkpoint_every``: the actor writes a full
+    snapshot every this many mutating calls (add/update) and journals the calls in between, so nothing acknowledged is
+    lost either way. ``keep_checkpoints``: snapshots kept on disk (the newest and its predecessors).
     """
 
     capacity: int = 100_000

@@ -88,7 +88,7 @@ def scored(record: Experience, alpha: float, mode: PossibilityMode | str) -> tup
     return possibility, p2value(possibility, record.pass_rate or 0.0, alpha)
 
 
-def normalise_code(code: str) -> str:
+def dedup_form(code: str) -> str:
     """The form under which two programs count as identical: line endings unified, trailing whitespace and blank
     lines dropped. Comments and indentation are kept: they change what the model is trained on."""
     lines = (line.rstrip() for line in code.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
@@ -97,7 +97,7 @@ def normalise_code(code: str) -> str:
 
 def dedup_key(problem_id: str, code: str) -> tuple[str, bytes]:
     """The de-duplication key of a (problem, program) pair."""
-    return problem_id, hashlib.blake2b(normalise_code(code).encode("utf-8"), digest_size=16).digest()
+    return problem_id, hashlib.blake2b(dedup_form(code).encode("utf-8"), digest_size=16).digest()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ class SamplerConfig:
     ``model_kind`` overrides the name-based guess of :func:`btp_ray.models.resolve_model` (``--mode``).
     vLLM settings (``gpu_memory_utilization``, ``enforce_eager``, ``tensor_parallel_size``, ``num_engines``,
     ``enable_lora``, ``max_lora_rank``) are ignored by the other backends; API settings (``api_base``,
-    ``api_key_env``, ``max_concurrency``, ``request_timeout_s``, ``max_retries``, prices) by the local ones.
+    ``api_key_env``, ``max_concurrency``, ``request_timeout_s``, ``max_retries`` (the OpenAI SDK's retries, with its
+    own backoff), prices) by the local ones.
     Prices are in dollars per million tokens; None uses the built-in table (see ``openai_sampler.PRICES``).
     ``scorer_model`` is the local model that scores programs a program source (``references``, ``samples:PATH``)
     offers without log-probs: the model being trained.
@@ -67,8 +68,6 @@ class SamplerConfig:
     max_concurrency: int = 8
     request_timeout_s: float = 60.0
     max_retries: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
     prompt_price_per_mtok: float | None = None
     completion_price_per_mtok: float | None = None
     scorer_model: str | None = None
@@ -101,8 +100,6 @@ class SamplerConfig:
             raise ValueError(f"SamplerConfig.request_timeout_s must be > 0, got {self.request_timeout_s}")
         if self.max_retries < 0:
             raise ValueError(f"SamplerConfig.max_retries must be >= 0, got {self.max_retries}")
-        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
-            raise ValueError("SamplerConfig.backoff_base_s must be >= 0 and <= backoff_max_s")
         for name in ("prompt_price_per_mtok", "completion_price_per_mtok"):
             value = getattr(self, name)
             if value is not None and value < 0:

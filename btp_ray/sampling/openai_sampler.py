@@ -3,9 +3,10 @@
 
 APIs have no beam search: ``strategy=beam`` is emulated by ``n`` samples ranked by mean log-prob (so it is not
 deterministic). Log-probs are requested; when the endpoint gives none, ``Candidate.possibility`` is None ("unknown")
-and P2Value falls back to the pass rate. Requests run concurrently (``max_concurrency``) and are retried with
-exponential backoff and full jitter on 429, 5xx, timeouts, connection errors and malformed bodies, honouring
-``Retry-After``; 401/403/404 fail at once with :class:`APIAuthError`. The API key comes from the constructor
+and P2Value falls back to the pass rate. Requests run concurrently (``max_concurrency``). The SDK's own retries
+(``max_retries``: exponential backoff with jitter, ``Retry-After`` honoured) cover 408/409/429/5xx, timeouts and
+connection errors; what the SDK cannot see, a 2xx answer whose body is not a usable completion, is asked again here.
+401/403/404 fail at once with :class:`APIAuthError`. The API key comes from the constructor
 (``--api-key``) or the environment variable the config names, and is never logged, stored in the config or shown by
 ``repr``.
 """
@@ -13,9 +14,7 @@ exponential backoff and full jitter on 429, 5xx, timeouts, connection errors and
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,11 +83,18 @@ class OpenAISampler(Sampler):
                     f"no API key for {config.model!r}: pass --api-key or set ${config.key_env_name()}"
                 )
         base_url = config.api_base or (DEEPSEEK_API_BASE if self._spec.kind is ModelKind.DEEPSEEK else None)
-        # Retries are ours (with Retry-After and accounting), so the client's own are off.
-        self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=config.request_timeout_s, max_retries=0)
+        # The SDK retries transient failures itself; the hook counts every HTTP attempt, so retries are accounted.
+        http_client = openai.DefaultHttpxClient(event_hooks={"request": [self._count_request]})
+        self._client = openai.OpenAI(
+            api_key=key,
+            base_url=base_url,
+            timeout=config.request_timeout_s,
+            max_retries=config.max_retries,
+            http_client=http_client,
+        )
         self._openai = openai
         self._lock = threading.Lock()
-        self._usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._usage = {"requests": 0, "calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._prices = _prices_for(config)
 
     @property
@@ -101,6 +107,8 @@ class OpenAISampler(Sampler):
     def usage(self) -> dict[str, Any]:
         with self._lock:
             usage: dict[str, Any] = dict(self._usage)
+        calls = usage.pop("calls")  # one per wanted answer; every HTTP attempt beyond it was a retry
+        usage["retries"] = usage["requests"] - calls
         if self._prices is not None:
             prompt_price, completion_price = self._prices
             usage["cost_usd"] = (
@@ -151,13 +159,17 @@ class OpenAISampler(Sampler):
         ]
         return rank_candidates(candidates)
 
+    def _count_request(self, request: Any) -> None:
+        with self._lock:
+            self._usage["requests"] += 1
+
     def _request_with_retries(self, problem: Problem, params: GenerationParams, chat: bool, n: int) -> list[_Choice]:
+        """One answer of up to ``n`` choices. The SDK has already retried transient failures when an error reaches
+        here; only a malformed 2xx body is asked again, at once (the server answered, so it is not overloaded)."""
         openai = self._openai
-        last_error: Exception | None = None
+        with self._lock:
+            self._usage["calls"] += 1
         for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                with self._lock:
-                    self._usage["retries"] += 1
             try:
                 return self._request(problem, params, chat, n)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
@@ -169,44 +181,25 @@ class OpenAISampler(Sampler):
                 raise APIAuthError(
                     f"model {self._spec.model_id!r} not found at {self._client.base_url} (HTTP 404)"
                 ) from None
-            except openai.BadRequestError as exc:
-                raise APIRequestError(f"{problem.task_id}: request rejected (HTTP 400): {_error_text(exc)}") from None
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIStatusError) as exc:
-                if exc.status_code != 429 and exc.status_code < 500:
-                    raise APIRequestError(f"{problem.task_id}: HTTP {exc.status_code}: {_error_text(exc)}") from None
-                last_error = exc
-                delay = self._retry_after(exc) or self._backoff(attempt)
-            except (openai.APITimeoutError, openai.APIConnectionError, _MalformedResponse) as exc:
-                last_error = exc
-                delay = self._backoff(attempt)
-            if attempt < self.config.max_retries:
-                logger.warning(
-                    "%s: %s; retry %d/%d in %.2fs",
-                    problem.task_id,
-                    _describe(last_error),
-                    attempt + 1,
-                    self.config.max_retries,
-                    delay,
-                )
-                time.sleep(delay)
+            except openai.APIStatusError as exc:
+                retryable = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+                raise APIRequestError(
+                    f"{problem.task_id}: HTTP {exc.status_code}: {_error_text(exc)}"
+                    + (f" (after {self.config.max_retries} retries)" if retryable else ""),
+                    retryable=retryable,
+                ) from None
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                raise APIRequestError(
+                    f"{problem.task_id}: {type(exc).__name__} after {self.config.max_retries} retries", retryable=True
+                ) from None
+            except _MalformedResponse as exc:
+                malformed = exc
+                if attempt < self.config.max_retries:
+                    logger.warning("%s: %s; retry %d/%d", problem.task_id, exc, attempt + 1, self.config.max_retries)
         raise APIRequestError(
-            f"{problem.task_id}: giving up after {self.config.max_retries + 1} attempts: {_describe(last_error)}",
+            f"{problem.task_id}: giving up after {self.config.max_retries + 1} attempts: {malformed}",
             retryable=True,
         )
-
-    def _backoff(self, attempt: int) -> float:
-        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt)
-        return random.uniform(ceiling / 2, ceiling)
-
-    def _retry_after(self, exc: Any) -> float | None:
-        response = getattr(exc, "response", None)
-        value = response.headers.get("retry-after") if response is not None else None
-        if value is None:
-            return None
-        try:
-            return min(max(float(value), 0.0), self.config.backoff_max_s)
-        except ValueError:
-            return None  # an HTTP date: fall back to our own backoff
 
     def _request(self, problem: Problem, params: GenerationParams, chat: bool, n: int) -> list[_Choice]:
         greedy = params.strategy is SamplingStrategy.GREEDY
@@ -221,8 +214,6 @@ class OpenAISampler(Sampler):
             common["stop"] = list(params.stop)
         if params.seed is not None:
             common["seed"] = params.seed
-        with self._lock:
-            self._usage["requests"] += 1
         try:
             if chat:
                 response = self._client.chat.completions.create(
@@ -279,10 +270,3 @@ def _error_text(exc: Any) -> str:
     if isinstance(body, dict):
         return str(body.get("message") or body)[:300]
     return str(getattr(exc, "message", exc))[:300]
-
-
-def _describe(exc: Exception | None) -> str:
-    if exc is None:
-        return "no error"
-    status = getattr(exc, "status_code", None)
-    return f"HTTP {status}" if status is not None else type(exc).__name__

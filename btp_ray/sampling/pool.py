@@ -66,7 +66,7 @@ class SamplerWorker:
 
 
 @dataclass(frozen=True)
-class PoolConfig:
+class SamplerPoolConfig:
     """How many sampler actors and what each one reserves.
 
     ``num_actors`` None means one per engine of the sampler config (``num_engines``). ``num_gpus_per_actor`` None
@@ -82,28 +82,32 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         if self.num_actors is not None and self.num_actors < 1:
-            raise ValueError(f"PoolConfig.num_actors must be >= 1 or None, got {self.num_actors}")
+            raise ValueError(f"SamplerPoolConfig.num_actors must be >= 1 or None, got {self.num_actors}")
         if self.num_cpus_per_actor < 0:
-            raise ValueError(f"PoolConfig.num_cpus_per_actor must be >= 0, got {self.num_cpus_per_actor}")
+            raise ValueError(f"SamplerPoolConfig.num_cpus_per_actor must be >= 0, got {self.num_cpus_per_actor}")
         if self.num_gpus_per_actor is not None and self.num_gpus_per_actor < 0:
-            raise ValueError(f"PoolConfig.num_gpus_per_actor must be >= 0 or None, got {self.num_gpus_per_actor}")
+            raise ValueError(
+                f"SamplerPoolConfig.num_gpus_per_actor must be >= 0 or None, got {self.num_gpus_per_actor}"
+            )
         if self.max_restarts < -1 or self.max_task_retries < -1 or self.shard_retries < 0:
-            raise ValueError("PoolConfig.max_restarts / max_task_retries must be >= -1 and shard_retries >= 0")
+            raise ValueError("SamplerPoolConfig.max_restarts / max_task_retries must be >= -1 and shard_retries >= 0")
 
 
 class SamplerPool:
     """A pool of sampler actors with the :class:`~btp_ray.sampling.base.Sampler`-like ``generate``.
 
-    Needs ``ray.init`` to have been called. Use as a context manager or call :meth:`shutdown`.
+    Needs ``ray.init`` to have been called. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, config: SamplerConfig, pool: PoolConfig | None = None, *, api_key: str | None = None) -> None:
+    def __init__(
+        self, config: SamplerConfig, pool: SamplerPoolConfig | None = None, *, api_key: str | None = None
+    ) -> None:
         import ray
 
         if not ray.is_initialized():
             raise SamplerError("SamplerPool needs a running Ray: call ray.init() first")
         self.config = config
-        self.pool_config = pool or PoolConfig()
+        self.pool_config = pool or SamplerPoolConfig()
         self._next_actor = -1
         self._adapter: AdapterRef | None = None
         self._placement_groups: list[Any] = []
@@ -145,7 +149,7 @@ class SamplerPool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.shutdown()
+        self.close()
 
     def generate(self, problems: Sequence[Problem], params: GenerationParams) -> list[list[Candidate]]:
         """Candidates for each problem, in input order; problems are split into one contiguous shard per actor."""
@@ -201,7 +205,7 @@ class SamplerPool:
 
         return ray.get([actor.usage.remote() for actor in self.actors])
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         import ray
         from ray.util.placement_group import remove_placement_group
 

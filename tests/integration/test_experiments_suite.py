@@ -1,5 +1,5 @@
-"""``python jobs/main_experiment.py --experiment all`` for real, reduced (a tiny random-weight Llama, 3 problems,
-k = 2, 2 LoRA steps): every step runs into one directory with the seed's layout, and the report is checked against
+"""``python jobs/main_experiment.py --experiment all`` for real, reduced (a tiny random-weight Llama, 3 problems, k = 2,
+2 LoRA steps): every step runs into one directory with the original suite's layout, and the report is checked against
 the JSON results: every number in its tables comes from ``suite_results.json``, the tables are well formed, every
 section is there and every figure is a PNG that opens."""
 

@@ -164,8 +164,6 @@ def _config(server: FakeOpenAI, **overrides: Any) -> SamplerConfig:
         "api_key_env": "BTP_TEST_OPENAI_KEY",
         "request_timeout_s": 0.5,
         "max_retries": 4,
-        "backoff_base_s": 0.01,
-        "backoff_max_s": 0.1,
         "max_concurrency": 4,
     }
     settings.update(overrides)
@@ -218,7 +216,7 @@ def test_unauthorized_and_unknown_model_fail_fast_without_retries(monkeypatch):
     monkeypatch.setenv("BTP_TEST_OPENAI_KEY", SECRET)
     for status in (401, 404):
         with FakeOpenAI(status=status) as server:
-            sampler = build_sampler(_config(server, max_retries=5, backoff_base_s=1.0, backoff_max_s=5.0))
+            sampler = build_sampler(_config(server, max_retries=5))
             started = time.monotonic()
             with pytest.raises(APIAuthError) as caught:
                 sampler.generate([_problem(0)], GenerationParams(strategy="sample", num_candidates=2))

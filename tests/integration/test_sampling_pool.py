@@ -12,7 +12,7 @@ import pytest
 from btp_ray.data import load_problems
 from btp_ray.models import embedded_model_dir
 from btp_ray.sampling import GenerationParams, HFSampler, SamplerConfig, SamplerPool
-from btp_ray.sampling.pool import PoolConfig
+from btp_ray.sampling.pool import SamplerPoolConfig
 from btp_ray.sampling.random_model import build_random_llama
 
 PARAMS = GenerationParams(strategy="beam", num_candidates=2, max_new_tokens=6, prompt_format="raw")
@@ -44,7 +44,7 @@ def test_pool_shards_in_order_survives_a_killed_actor_and_broadcasts_adapters(ra
     local = HFSampler(config)
     expected = local.generate(problems, PARAMS)
 
-    with SamplerPool(config, PoolConfig(num_actors=2, num_cpus_per_actor=0.5, max_restarts=2)) as pool:
+    with SamplerPool(config, SamplerPoolConfig(num_actors=2, num_cpus_per_actor=0.5, max_restarts=2)) as pool:
         results = pool.generate(problems, PARAMS)
         assert [cs[0].task_id for cs in results] == [p.task_id for p in problems]
         assert _tokens(results) == _tokens(expected)
@@ -68,4 +68,4 @@ def test_pool_shards_in_order_survives_a_killed_actor_and_broadcasts_adapters(ra
 
 def test_pool_config_rejects_zero_actors():
     with pytest.raises(ValueError, match="num_actors"):
-        PoolConfig(num_actors=0)
+        SamplerPoolConfig(num_actors=0)

@@ -1,5 +1,5 @@
-"""The CLI: the seed's flags land on the right config fields, YAML and --set compose, bad values exit 2 naming the
-flag, and API keys never enter the config."""
+"""The CLI: the original suite's flags land on the right config fields, YAML and --set compose, bad values exit 2 naming
+the flag, and API keys never enter the config."""
 
 from __future__ import annotations
 

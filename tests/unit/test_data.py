@@ -288,3 +288,33 @@ def test_split_is_disjoint_deterministic_and_seeded(humaneval: list[Problem]) ->
     assert both.train == both.eval == humaneval[:5]
     with pytest.raises(ValueError, match="n_eval"):
         split_problems(humaneval[:5], n_eval=6)
+
+
+def test_hub_probe_tells_an_unreachable_hub_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real sockets on 127.0.0.1: a listening port is worth trying, a closed one is not; offline mode and a proxy
+    leave the decision to ``datasets``."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from btp_ray.data.records import hub_unreachable
+
+    for name in ("HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_unreachable() is None
+    started = time.monotonic()
+    reason = hub_unreachable()  # the same port, now closed
+    assert reason is not None and "127.0.0.1" in reason and time.monotonic() - started < 3.0
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub_unreachable() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable() is None
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")  # datasets' own flag wins over the hub's
+    assert hub_unreachable() is not None

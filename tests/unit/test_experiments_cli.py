@@ -1,5 +1,5 @@
-"""The suite's command lines: the seed's flags and presets, steps per ``--experiment``, and the BTP mode inferred
-from the source model for big-to-small runs (no Ray, no model loaded)."""
+"""The suite's command lines: the original suite's flags and presets, steps per ``--experiment``, and the BTP mode
+inferred from the source model for big-to-small runs (no Ray, no model loaded)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,28 @@ def test_an_api_source_means_hybrid_and_big_to_small_needs_a_target(monkeypatch:
     assert api_only.mode.value == "openai" and api_only.training is None  # sampling through the API only
     with pytest.raises(BigToSmallError, match="target"):
         big_to_small_config(api_only)
+
+
+@pytest.mark.parametrize("driver", ["btp", "baseline", "ablation", "hyperparam", "big_to_small", "main_experiment"])
+def test_help_lists_each_flag_once_and_speaks_of_the_original_suite(
+    driver: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    from btp_ray.cli import build_btp_parser
+    from btp_ray.experiments import cli
+
+    if driver == "btp":
+        text = build_btp_parser("jobs/btp.py").format_help()
+    else:
+        with pytest.raises(SystemExit) as exited:
+            getattr(cli, f"{driver}_main")(["--help"])
+        assert exited.value.code == 0
+        text = capsys.readouterr().out
+    options = [line.strip() for line in text.splitlines() if line.startswith("  -")]
+    assert len(options) > 20
+    for line in options:
+        spellings = re.findall(r"(?:^|, )(--?[\w-]+)", line)
+        assert len(spellings) == len(set(spellings)), line  # "--dataset DATASET, --dataset DATASET" was printed
+    assert "--num-beams NUM_CANDIDATES, --num_beams NUM_CANDIDATES" in text  # both spellings where they differ
+    assert "seed's" not in text and "original suite" in text

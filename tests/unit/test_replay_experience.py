@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from btp_ray.replay import Experience, PossibilityMode, normalise_code, p2value, possibility_from_logprob
+from btp_ray.replay import Experience, PossibilityMode, dedup_form, p2value, possibility_from_logprob
 
 
 def test_p2value_is_the_alpha_weighted_mix() -> None:
@@ -84,5 +84,5 @@ def test_experience_rejects_bad_fields(fields: dict) -> None:
 
 
 def test_normalise_code_ignores_line_endings_trailing_space_and_blank_lines() -> None:
-    assert normalise_code("def f():\r\n    return 1   \r\n\r\n") == normalise_code("def f():\n    return 1")
-    assert normalise_code("def f():\n  return 1") != normalise_code("def f():\n    return 1")
+    assert dedup_form("def f():\r\n    return 1   \r\n\r\n") == dedup_form("def f():\n    return 1")
+    assert dedup_form("def f():\n  return 1") != dedup_form("def f():\n    return 1")

@@ -20,8 +20,26 @@ def test_create_writes_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
         assert (run.path / name).is_file()
     assert run.load_config() == config
     assert run.load_state() == RunState(started_at=run.load_state().started_at)
+    state = run.load_state()
+    state.mark(0, "eval")
+    run.save_state(state)
     with pytest.raises(RunDirectoryError, match="--resume"):
         RunDirectory.create(tmp_path / "run", config)
+
+
+def test_a_run_that_never_started_does_not_block_a_retry(tmp_path: Path) -> None:
+    """A failed start (no phase completed, no candidate logged) leaves nothing worth resuming: the same command
+    again takes the directory over with its own config; one logged candidate is enough to refuse."""
+    RunDirectory.create(tmp_path / "run", ExperimentConfig(max_problems=4))
+    retry = RunDirectory.create(tmp_path / "run", ExperimentConfig(max_problems=6))
+    assert retry.load_config().max_problems == 6 and retry.load_state().completed == {}
+    retry.append_candidates([{"task_id": "a"}])
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
+        RunDirectory.create(tmp_path / "run", ExperimentConfig())
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "state.json").write_text('{"completed": ')  # unreadable: not taken over
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
+        RunDirectory.create(tmp_path / "torn", ExperimentConfig())
 
 
 def test_candidate_log_survives_a_torn_last_line(tmp_path: Path) -> None:
