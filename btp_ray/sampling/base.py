@@ -186,9 +186,11 @@ def candidate_from_tokens(
     identity: SamplerIdentity,
     params: GenerationParams,
     backend_finish: FinishReason | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Candidate:
     """Build a candidate from a local backend's generated tokens and their per-token log-probs (EOS included when
-    generated). Stop sequences cut tokens and log-probs together."""
+    generated). Stop sequences cut tokens and log-probs together. ``metadata`` is stored on the candidate (which
+    strategy and beam-search implementation produced it)."""
     assert len(generated) == len(logprobs), "one log-prob per generated token"
     ended_by_eos = bool(generated) and generated[-1] in eos_ids
     visible = generated[:-1] if ended_by_eos else generated
@@ -209,4 +211,23 @@ def candidate_from_tokens(
         params=params,
         token_ids=list(generated),
         token_logprobs=list(logprobs),
+        metadata=metadata,
     )
+
+
+def eos_token_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
+    """The EOS ids transformers' ``generate`` stops at: the model's generation config's and the tokenizer's."""
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        configured = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json
+        configured = None
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

@@ -15,7 +15,7 @@ from typing import Any
 from btp_ray.data.types import Problem
 from btp_ray.models import local_model_path
 from btp_ray.sampling.base import LocalPromptRenderer, RenderedPrompt, Sampler, candidate_from_tokens
-from btp_ray.sampling.config import SamplerConfig
+from btp_ray.sampling.config import Backend, SamplerConfig
 from btp_ray.sampling.types import (
     Candidate,
     GenerationParams,
@@ -71,6 +71,11 @@ class HFSampler(Sampler):
         spec = config.model_spec()
         if spec.kind.is_api:
             raise SamplerConfigError(f"HFSampler needs a local model, got the API model {config.model!r}")
+        if config.resolved_beam_search(Backend.HF) != "native":
+            raise SamplerConfigError(
+                "SamplerConfig.beam_search='btp' runs on vLLM engines: use backend='vllm', or beam_search='auto' "
+                "for transformers' own beam search"
+            )
         self.config = config
         self.device = config.resolved_device()
         self._model_path = local_model_path(spec) if model is None else config.model
@@ -164,7 +169,7 @@ class HFSampler(Sampler):
     ) -> list[list[Candidate]]:
         import torch
 
-        if params.strategy is SamplingStrategy.SAMPLE and params.seed is not None:
+        if params.strategy.samples and params.seed is not None:
             torch.manual_seed(params.seed)
         width = max(len(r.token_ids) for r in rendered)
         pad = self.tokenizer.pad_token_id
@@ -194,6 +199,7 @@ class HFSampler(Sampler):
                     decode=self._decode,
                     identity=self.identity,
                     params=params,
+                    metadata=_metadata(params),
                 )
                 for tokens, token_logprobs in zip(continuations, logprobs, strict=True)
             ]
@@ -209,6 +215,12 @@ class HFSampler(Sampler):
 
     def _decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
+def _metadata(params: GenerationParams) -> dict[str, Any]:
+    if params.strategy is SamplingStrategy.BEAM:
+        return {"strategy": params.strategy.value, "beam_search": "native"}
+    return {"strategy": params.strategy.value}
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
