@@ -140,3 +140,46 @@ def test_stop_strings_end_a_beam_like_eos() -> None:
     assert problem.done
     assert problem.results()[0].beam.token_list == [1, 2, 4, 1]
     assert not checker(Beam(problem.results()[0].beam.tokens, problem.results()[0].beam.logprobs, 2, 0.0), 3)
+
+
+def test_beam_search_implementation_is_chosen_per_backend_and_recorded(tmp_path) -> None:
+    import json
+
+    from btp_ray.experiment_config import ExperimentConfig
+    from btp_ray.pipeline.run_dir import RunDirectory
+    from btp_ray.sampling import GenerationParams, SamplerConfig, SamplingStrategy
+    from btp_ray.sampling.config import Backend, sampling_record
+
+    assert SamplerConfig(backend="vllm").resolved_beam_search() == "btp"
+    assert SamplerConfig(backend="hf").resolved_beam_search() == "native"
+    assert SamplerConfig(backend="vllm", beam_search="native").resolved_beam_search() == "native"
+    assert SamplerConfig(model="gpt-4o-mini").resolved_beam_search() == "sample_and_rank"
+    assert SamplerConfig(beam_search="btp").resolved_beam_search(Backend.VLLM) == "btp"
+    with pytest.raises(ValueError, match="beam_search must be one of auto, btp, native"):
+        SamplerConfig(beam_search="fast")
+    with pytest.raises(ValueError, match="block_size"):
+        SamplerConfig(block_size=0)
+    assert SamplerConfig.from_dict(SamplerConfig(beam_search="native").to_dict()).beam_search.value == "native"
+    assert sampling_record(SamplerConfig(backend="vllm"), "beam") == {
+        "backend": "vllm",
+        "model": "smollm2-135m",
+        "strategy": "beam",
+        "beam_search": "btp",
+    }
+    assert "beam_search" not in sampling_record(SamplerConfig(backend="vllm"), "sample_and_rank")
+
+    ranked = GenerationParams(strategy="sample_and_rank", num_candidates=4)
+    assert ranked.strategy is SamplingStrategy.SAMPLE_AND_RANK and not ranked.is_deterministic
+    assert GenerationParams.from_dict(ranked.to_dict()) == ranked
+    with pytest.raises(ValueError, match="temperature must be > 0 for strategy=sample_and_rank"):
+        GenerationParams(strategy="sample_and_rank", temperature=0.0)
+
+    config = ExperimentConfig(sampling=SamplerConfig(backend="hf"), generation=GenerationParams(num_candidates=3))
+    run = RunDirectory.create(tmp_path / "run", config)
+    environment = json.loads((run.path / "environment.json").read_text())
+    assert environment["sampling"] == {
+        "backend": "hf",
+        "model": "smollm2-135m",
+        "strategy": "beam",
+        "beam_search": "native",
+    }
