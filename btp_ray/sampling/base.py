@@ -215,15 +215,20 @@ def candidate_from_tokens(
     )
 
 
-def eos_token_ids(model_path: str, tokenizer: Any) -> frozenset[int]:
-    """The EOS ids transformers' ``generate`` stops at: the model's generation config's and the tokenizer's."""
-    from transformers import GenerationConfig
+def eos_token_ids(generation_config: Any, tokenizer: Any) -> frozenset[int]:
+    """The EOS ids transformers' ``generate`` stops at: the generation config's and the tokenizer's.
 
+    ``generation_config`` is a model's ``GenerationConfig`` (or None), or the model folder to read it from.
+    """
+    if isinstance(generation_config, str):
+        from transformers import GenerationConfig
+
+        try:
+            generation_config = GenerationConfig.from_pretrained(generation_config)
+        except OSError:  # no generation_config.json
+            generation_config = None
+    configured = getattr(generation_config, "eos_token_id", None)
     ids: set[int] = set()
-    try:
-        configured = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json
-        configured = None
     if isinstance(configured, int):
         ids.add(configured)
     elif configured:

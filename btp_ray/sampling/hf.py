@@ -14,7 +14,13 @@ from typing import Any
 
 from btp_ray.data.types import Problem
 from btp_ray.models import local_model_path
-from btp_ray.sampling.base import LocalPromptRenderer, RenderedPrompt, Sampler, candidate_from_tokens
+from btp_ray.sampling.base import (
+    LocalPromptRenderer,
+    RenderedPrompt,
+    Sampler,
+    candidate_from_tokens,
+    eos_token_ids,
+)
 from btp_ray.sampling.config import Backend, SamplerConfig
 from btp_ray.sampling.types import (
     Candidate,
@@ -96,7 +102,7 @@ class HFSampler(Sampler):
         self.model = model
         self.tokenizer = tokenizer
         self.renderer = LocalPromptRenderer(tokenizer)
-        self._eos_ids = _eos_ids(model, tokenizer)
+        self._eos_ids = eos_token_ids(getattr(model, "generation_config", None), tokenizer)
         self._generated_tokens = 0
         logger.info("HFSampler ready: %s on %s", self._model_path, self.device)
 
@@ -221,15 +227,3 @@ def _metadata(params: GenerationParams) -> dict[str, Any]:
     if params.strategy is SamplingStrategy.BEAM:
         return {"strategy": params.strategy.value, "beam_search": "native"}
     return {"strategy": params.strategy.value}
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)

@@ -98,7 +98,7 @@ def test_btp_beams_are_transformers_beams(btp_beams, hf_sampler):
     assert all(len(cs) == 3 and len({c.token_ids for c in cs}) == 3 for cs in ours)
     assert sum(same) >= math.ceil(0.95 * PROBLEMS), f"same top-k on {sum(same)}/{PROBLEMS} problems: {same}"
     # Both rank by the beam score, so where the sequences agree the best candidate is the same one.
-    agreeing = [(mine, theirs) for (mine, theirs), equal in zip(zip(ours, reference), same, strict=True) if equal]
+    agreeing = [pair for pair, equal in zip(zip(ours, reference, strict=True), same, strict=True) if equal]
     assert all(mine[0].token_ids == theirs[0].token_ids for mine, theirs in agreeing)
 
 
