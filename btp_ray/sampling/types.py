@@ -20,6 +20,14 @@ class SamplingStrategy(str, enum.Enum):
     BEAM = "beam"  # k beams, deterministic, with a length penalty (APIs: n samples ranked by mean log-prob)
     SAMPLE = "sample"  # n independent samples with temperature / top-p
     GREEDY = "greedy"  # one deterministic candidate
+    # The trade of exactness for speed, named: n samples (temperature / top-p) ranked by mean log-prob, in place of
+    # beam search. What API models get for ``beam``; on vLLM it costs a sampling pass, not a beam search.
+    SAMPLE_AND_RANK = "sample_and_rank"
+
+    @property
+    def samples(self) -> bool:
+        """Candidates are drawn at random (temperature / top-p apply)."""
+        return self in (SamplingStrategy.SAMPLE, SamplingStrategy.SAMPLE_AND_RANK)
 
 
 class PromptFormat(str, enum.Enum):
@@ -48,8 +56,8 @@ DEFAULT_SYSTEM_PROMPT = (
 class GenerationParams:
     """One generation request's settings, shared by every backend.
 
-    ``num_candidates`` is k for beam search, n for sampling and must be 1 for greedy. ``length_penalty`` divides a
-    beam's summed log-prob by ``num_tokens ** length_penalty`` (HF and vLLM semantics).
+    ``num_candidates`` is k for beam search, n for sampling (and sample-and-rank) and must be 1 for greedy.
+    ``length_penalty`` divides a beam's summed log-prob by ``num_tokens ** length_penalty`` (HF and vLLM semantics).
     """
 
     strategy: SamplingStrategy = SamplingStrategy.BEAM
@@ -74,8 +82,10 @@ class GenerationParams:
             raise ValueError("GenerationParams.num_candidates must be 1 for strategy=greedy (use beam for k > 1)")
         if self.max_new_tokens < 1:
             raise ValueError(f"GenerationParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.strategy is SamplingStrategy.SAMPLE and not self.temperature > 0:
-            raise ValueError("GenerationParams.temperature must be > 0 for strategy=sample (use greedy for 0)")
+        if self.strategy.samples and not self.temperature > 0:
+            raise ValueError(
+                f"GenerationParams.temperature must be > 0 for strategy={self.strategy.value} (use greedy for 0)"
+            )
         if self.temperature < 0:
             raise ValueError(f"GenerationParams.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -85,7 +95,7 @@ class GenerationParams:
 
     @property
     def is_deterministic(self) -> bool:
-        return self.strategy is not SamplingStrategy.SAMPLE
+        return not self.strategy.samples
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
