@@ -96,6 +96,12 @@ BTP_FLAGS: tuple[Flag, ...] = (
     Flag(_both("--seed"), "seed", "random seed of the run", int),
     Flag(_both("--output-dir"), "output_dir", "run directory (default results/<name>_<YYYYmmdd_HHMMSS>/)"),
     Flag(_both("--debug"), "debug", "verbose logging", str2bool, boolean=True),
+    Flag(("--tracker",), "tracking.backends", "trackers: mlflow,tensorboard,wandb (comma-separated) or none"),
+    Flag(
+        _both("--tracking-uri"),
+        "tracking.uri",
+        "MLflow tracking server (http://host:5000) or store; default: an embedded store in the run directory",
+    ),
 )
 
 
