@@ -224,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": "print the resolved config for the given flags",
         "datasets": "list the benchmark datasets and their sizes",
         "doctor": "check that the installation can run btp-ray",
+        "export": "write a run's adapter, or the merged model (--merge), ready to serve",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: btp {" + ",".join(commands) + "} [flags]\n")
@@ -240,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor_main()
     if command == "datasets":
         return _datasets()
+    if command == "export":
+        from btp_ray.export import main as export_main
+
+        return export_main(rest)
     parser = build_btp_parser(f"btp {command}")
     args, config = parse_experiment_args(parser, rest)
     if command == "config" or args.print_config:
