@@ -103,12 +103,14 @@ class Tracking:
         self._submit(lambda b: b.finish(status))
         self._closed = True
         self._queue.put(_STOP)
-        self._thread.join(self.close_timeout_s)
+        # an interrupted or failed run is not held back long by its trackers
+        timeout = self.close_timeout_s if status == FINISHED else min(self.close_timeout_s, 10.0)
+        self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning(
                 "tracking: %s still busy %.0f s after the run ended; left behind (the run directory is complete)",
                 ", ".join(self.active),
-                self.close_timeout_s,
+                timeout,
             )
 
     def __enter__(self) -> Tracking:

@@ -8,6 +8,7 @@ files go to ``<run>/tensorboard/``, Weights & Biases to ``<run>/wandb/`` (offlin
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 BACKENDS = ("mlflow", "tensorboard", "wandb")
@@ -48,6 +49,11 @@ class TrackingConfig:
             raise ValueError(f"wandb_mode: must be one of {', '.join(WANDB_MODES)}; got {self.wandb_mode!r}")
         if self.uri is not None and not self.uri.strip():
             raise ValueError("uri: empty tracking URI; leave it unset for the embedded store in the run directory")
+        if self.uri is not None and re.match(r"^[a-z+]+://[^/@]*@", self.uri):
+            raise ValueError(
+                "uri: the tracking URI carries credentials, which would be written to config.yaml; set "
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+            )
         if self.request_timeout_s < 1:
             raise ValueError(f"request_timeout_s: must be >= 1, got {self.request_timeout_s}")
         if self.close_timeout_s < 0:

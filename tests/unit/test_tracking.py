@@ -72,9 +72,10 @@ def test_config_flags_select_trackers():
     assert config.tracking.uri == "http://127.0.0.1:5000"
     _, config = parse_experiment_args(build_btp_parser(), ["--tracker", "none"])
     assert config.tracking.backends == ()
-    with pytest.raises(SystemExit) as exit_info:
-        parse_experiment_args(build_btp_parser(), ["--tracker", "mlflow,comet"])
-    assert exit_info.value.code == 2
+    for bad in (["--tracker", "mlflow,comet"], ["--tracking-uri", "https://user:secret@mlflow.example.com"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_experiment_args(build_btp_parser(), bad)
+        assert exit_info.value.code == 2
 
 
 def _client(store: Path):
@@ -204,3 +205,30 @@ def test_unreachable_tracker_costs_one_warning_and_nothing_else(tmp_path, caplog
     assert "mlflow failed" in warnings[0].getMessage()
     assert set(tracking.failed) == {"mlflow"} and tracking.active == ["tensorboard"]
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # the other backend went on
+
+
+def test_study_tracking_fixes_one_store_and_experiment_for_every_step(tmp_path):
+    from btp_ray.tracking.studies import study_tracking
+
+    suite = study_tracking(TrackingConfig(), tmp_path / "suite_1")
+    assert suite.uri == f"sqlite:///{(tmp_path / 'suite_1' / 'mlflow' / 'mlflow.db').resolve()}"
+    assert suite.experiment == "suite_1"
+    step = study_tracking(suite, tmp_path / "suite_1" / "step3_ablation")  # a step inside the suite keeps both
+    assert (step.uri, step.experiment) == (suite.uri, suite.experiment)
+    server = study_tracking(TrackingConfig(uri="http://127.0.0.1:5000", experiment="mine"), tmp_path / "x")
+    assert (server.uri, server.experiment) == ("http://127.0.0.1:5000", "mine")
+
+
+def test_tune_callback_of_an_unreachable_tracker_warns_once_and_does_nothing(tmp_path, caplog):
+    pytest.importorskip("mlflow")
+    from btp_ray.tracking.studies import tune_callbacks
+
+    settings = TrackingConfig(uri=f"http://127.0.0.1:{_closed_port()}", experiment="study", request_timeout_s=2)
+    (callback,) = tune_callbacks(settings, tmp_path, "hyperparam")
+    with caplog.at_level(logging.WARNING, logger="btp_ray.tracking"):
+        callback.setup()
+        callback.on_trial_start(iteration=0, trials=[], trial=None)
+        callback.on_experiment_end(trials=[])
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("btp_ray.tracking")]
+    assert len(warnings) == 1 and "mlflow failed" in warnings[0], warnings
+    assert callback.inner is None and callback.error is not None
