@@ -30,6 +30,14 @@ def embedded_store(directory: Path) -> tuple[str, str]:
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
 
 
+def artifacts_next_to(uri: str) -> str | None:
+    """The artifact location for a SQLite store: ``artifacts/`` beside the database (MLflow's own default is
+    ``./mlruns`` in the working directory). None for other stores, which choose their own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+
+
 def get_or_create_experiment(client: Any, name: str, artifact_location: str | None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -69,11 +77,9 @@ class MLflowTracker(Tracker):
     def start(self, run_name: str, tags: Mapping[str, str]) -> None:
         from mlflow import MlflowClient
 
-        artifact_location = None
-        uri = self.uri
-        if uri is None:
-            uri, artifact_location = embedded_store(self.run_dir)
-        else:
+        uri = self.uri or embedded_store(self.run_dir)[0]
+        artifact_location = artifacts_next_to(uri)
+        if uri.startswith("http"):
             bound_http_requests(self.request_timeout_s)
         self.client = MlflowClient(tracking_uri=uri)
         self.run_id = self._previous_run(uri)

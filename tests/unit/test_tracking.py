@@ -130,21 +130,28 @@ def test_embedded_mlflow_store_holds_params_metrics_and_artifacts(tmp_path, monk
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/greedy_pass_at_1")] == [0, 1, 2]
 
 
-def test_tensorboard_event_files_read_back(tmp_path):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+def _track_one(backend: str, store: Path, artifact: Path | None = None) -> None:
+    """One run on ``backend`` in ``store``: a param, the RECORD at step 1, a greedy pass@1 at step 2, an artifact."""
     tracking = open_tracking(
-        TrackingConfig(backends=("tensorboard",)),
+        TrackingConfig(backends=(backend,)),
         experiment="btp",
         run_name="run-1",
-        store_dir=tmp_path,
+        store_dir=store,
         params={"replay.alpha": 0.5},
     )
     tracking.log_metrics(iteration_metrics(RECORD), step=1)
     tracking.log_metrics({"eval/greedy_pass_at_1": 0.75}, step=2)
+    if artifact is not None:
+        tracking.log_artifact(artifact, "results")
     tracking.close()
     assert tracking.failed == {}
+
+
+def test_tensorboard_event_files_read_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _track_one("tensorboard", tmp_path)
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert "eval/greedy_pass_at_1" in events.Tags()["scalars"]
@@ -158,17 +165,7 @@ def test_wandb_offline_run_directory_is_written(tmp_path, monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     artifact = tmp_path / "report.md"
     artifact.write_text("# report\n")
-    tracking = open_tracking(
-        TrackingConfig(backends=("wandb",)),
-        experiment="btp",
-        run_name="run-1",
-        store_dir=tmp_path,
-        params={"replay.alpha": 0.5},
-    )
-    tracking.log_metrics(iteration_metrics(RECORD), step=1)
-    tracking.log_artifact(artifact, "results")
-    tracking.close()
-    assert tracking.failed == {}
+    _track_one("wandb", tmp_path, artifact)
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
     (records,) = run.glob("run-*.wandb")  # what `wandb sync` uploads later: protobuf records, strings verbatim
     data = records.read_bytes()
