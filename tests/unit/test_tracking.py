@@ -229,3 +229,40 @@ def test_tune_callback_of_an_unreachable_tracker_warns_once_and_does_nothing(tmp
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("btp_ray.tracking")]
     assert len(warnings) == 1 and "mlflow failed" in warnings[0], warnings
     assert callback.inner is None and callback.error is not None
+
+
+def test_tracker_that_hangs_holds_up_neither_the_run_nor_its_end_for_long(tmp_path, caplog, monkeypatch):
+    """A real listener on 127.0.0.1 that accepts connections and never answers (a wedged tracking server)."""
+    pytest.importorskip("mlflow")
+    for variable in (
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as wedged:
+        tracking = Tracking(
+            [
+                MLflowTracker(
+                    experiment="btp",
+                    run_dir=tmp_path,
+                    uri=f"http://127.0.0.1:{wedged.getsockname()[1]}",
+                    request_timeout_s=2,
+                )
+            ],
+            run_name="run-1",
+            close_timeout_s=120,
+        )
+        started = time.perf_counter()
+        with caplog.at_level(logging.WARNING, logger="btp_ray.tracking"):
+            for step in range(20):
+                tracking.log_metrics({"loss": 1.0}, step=step)
+            queued_s = time.perf_counter() - started
+            tracking.close()
+        closed_s = time.perf_counter() - started
+    assert queued_s < 0.5
+    # the first call times out (2 s, one retry), the tracker is dropped, the 20 queued calls are skipped
+    assert closed_s < 30, closed_s
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("btp_ray.tracking")]
+    assert len(warnings) == 1 and "mlflow failed" in warnings[0], warnings
+    print(f"wedged tracker: caller {queued_s * 1000:.1f} ms for 20 calls, close after {closed_s:.1f} s")
