@@ -170,3 +170,27 @@ def test_server_stopped_mid_run_costs_one_warning(mlflow_server, tiny_model, tmp
     assert err.count(TRACKING_WARNING) == 1, [line for line in err.splitlines() if "tracking" in line]
     assert "WARNING" in next(line for line in err.splitlines() if TRACKING_WARNING in line)
     print(f"run finished {time.monotonic() - stopped_at:.0f} s after the server stopped")
+
+
+@pytest.mark.slow
+def test_default_run_tracks_into_the_embedded_store_without_a_server(tiny_model, tmp_path):
+    """No tracking flag at all: the run is tracked in ``<run>/mlflow/`` and ``mlflow ui`` on that store shows it."""
+    from mlflow import MlflowClient
+
+    run = tmp_path / "run"
+    job = _job("--mode", "btp_only", "--source-model", str(tiny_model), *SMALL, "--n-iterations", "1",
+               "--output-dir", str(run))  # fmt: skip
+    _, err = job.communicate(timeout=900)
+    assert job.returncode == 0, err[-4000:]
+    assert "tracking:" not in err
+    results = json.loads((run / "btp_results.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{(run / 'mlflow' / 'mlflow.db').resolve()}")
+    (tracked,) = client.search_runs([client.get_experiment_by_name("btp").experiment_id])
+    assert tracked.info.run_name == run.name and tracked.info.status == "FINISHED"
+    assert tracked.data.params["mode"] == "btp_only"
+    history = client.get_metric_history(tracked.info.run_id, "sample/candidates")
+    assert [(m.step, m.value) for m in history] == [(1, results["iterations"][1]["sample"]["candidates"])]
+    assert client.get_metric_history(tracked.info.run_id, "eval/greedy_pass_at_1")[0].step == 0
+    artifacts = {f.path for f in client.list_artifacts(tracked.info.run_id, "results")}
+    assert {"results/report.md", "results/candidates.jsonl"} <= artifacts
+    assert list((run / "mlflow" / "artifacts").rglob("candidates.jsonl"))  # the artifacts live in the run directory
