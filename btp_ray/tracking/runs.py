@@ -12,6 +12,8 @@ from btp_ray.tracking.config import TrackingConfig
 
 # Records of metrics.json that are not scalars per iteration: the learner's per-step list, the iteration number.
 _NOT_METRICS = frozenset({"steps", "iteration", "histogram"})
+# What the trackers and the learner's storage keep inside the run directory: never logged back as outputs.
+_NOT_OUTPUTS = frozenset({"mlflow", "wandb", "tensorboard", "train"})
 RESULT_FILES = ("report.md", "btp_results.json", "metrics.json", "config.yaml", "environment.json")
 
 
@@ -105,7 +107,8 @@ def log_run_outputs(tracking: Tracking, run_dir: Path, settings: TrackingConfig,
     for name in RESULT_FILES:
         tracking.log_artifact(run_dir / name, "results")
     for plot in sorted(run_dir.rglob("*.png")):
-        tracking.log_artifact(plot, "plots")
+        if plot.relative_to(run_dir).parts[0] not in _NOT_OUTPUTS:
+            tracking.log_artifact(plot, "plots")
     if settings.log_candidates:
         tracking.log_artifact(run_dir / "candidates.jsonl", "results")
     trained = [a for a in adapters if (Path(a) / "adapter_config.json").is_file()]

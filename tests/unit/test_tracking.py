@@ -266,3 +266,34 @@ def test_tracker_that_hangs_holds_up_neither_the_run_nor_its_end_for_long(tmp_pa
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("btp_ray.tracking")]
     assert len(warnings) == 1 and "mlflow failed" in warnings[0], warnings
     print(f"wedged tracker: caller {queued_s * 1000:.1f} ms for 20 calls, close after {closed_s:.1f} s")
+
+
+def test_run_outputs_logged_once_and_never_the_trackers_own_files(tmp_path):
+    pytest.importorskip("mlflow")
+    from btp_ray.tracking import log_run_outputs
+
+    run_dir = tmp_path / "run"
+    for name in ("report.md", "candidates.jsonl", "metrics.json", "plots/pass_rates.png", "train/x/plot.png"):
+        (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / name).write_text(name)
+    (run_dir / "adapters" / "iter_1").mkdir(parents=True)
+    (run_dir / "adapters" / "iter_1" / "adapter_config.json").write_text("{}")
+    (run_dir / "adapters" / "iter_2").mkdir()  # an iteration that never trained
+    for attempt in range(2):  # a resumed run logs its outputs again: the store's own copies are not picked up
+        tracking = open_tracking(
+            TrackingConfig(), experiment="btp", run_name="run", store_dir=run_dir, state_dir=run_dir
+        )
+        adapters = [run_dir / "adapters" / "iter_1", run_dir / "adapters" / "iter_2"]
+        log_run_outputs(tracking, run_dir, TrackingConfig(), adapters)
+        tracking.close()
+        assert tracking.failed == {}, attempt
+    client = _client(run_dir)
+    (run,) = client.search_runs([client.get_experiment_by_name("btp").experiment_id])
+    listed = {f.path for path in ("results", "plots", "adapter") for f in client.list_artifacts(run.info.run_id, path)}
+    assert listed == {
+        "results/report.md",
+        "results/candidates.jsonl",
+        "results/metrics.json",
+        "plots/pass_rates.png",
+        "adapter/adapter_config.json",
+    }
