@@ -41,6 +41,18 @@ class Arm(str, enum.Enum):
     POSSIBILITY_ONLY = "possibility_only"  # α = 1: the possibility alone
     UNIFORM = "uniform"  # replay without priorities
     NO_REPLAY = "no_replay"  # the filter baseline: fully passing candidates only
+    REFERENCES_ONLY = "references_only"  # uniform over the pool's correct reference solutions (mixed pools)
+
+
+# The arms a study runs unless told otherwise (references only needs a pool with references in it).
+DEFAULT_ARMS = (
+    Arm.P2VALUE_POWER,
+    Arm.P2VALUE_RANK,
+    Arm.PASS_RATE_ONLY,
+    Arm.POSSIBILITY_ONLY,
+    Arm.UNIFORM,
+    Arm.NO_REPLAY,
+)
 
 
 class ArmStatus(str, enum.Enum):
@@ -70,7 +82,7 @@ class AblationSettings:
     degenerates to uniform, which is what its scores say.
     """
 
-    arms: tuple[Arm, ...] = tuple(Arm)
+    arms: tuple[Arm, ...] = DEFAULT_ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: int | None = None
     trainer: TrainerKind = TrainerKind.LOCAL
@@ -105,6 +117,7 @@ def arm_replay_config(arm: Arm, base: ReplayConfig, seed: int, floor: float = 0.
         Arm.POSSIBILITY_ONLY: (Strategy.POSSIBILITY, 1.0),
         Arm.UNIFORM: (Strategy.UNIFORM, base.alpha),
         Arm.NO_REPLAY: (Strategy.UNIFORM, base.alpha),
+        Arm.REFERENCES_ONLY: (Strategy.UNIFORM, base.alpha),
     }[arm]
     return replace(base, strategy=strategy, alpha=alpha, seed=seed, epsilon=max(base.epsilon, floor))
 
@@ -143,7 +156,9 @@ def draw_batch(
     floor: float = 0.0,
 ) -> ArmDraw:
     """Fill the arm's buffer from ``pool`` and draw ``budget`` examples (with replacement, as BTP does)."""
-    experiences = pool.experiences(problems)
+    experiences = pool.experiences(problems, sources=("reference",) if arm is Arm.REFERENCES_ONLY else None)
+    if arm is Arm.REFERENCES_ONLY and not experiences:
+        return ArmDraw(arm=arm, seed=seed, pool_digest=pool.digest, status=ArmStatus.NO_DATA)
     if arm is Arm.NO_REPLAY:
         experiences = [e for e in experiences if e.passed]
         if not experiences:
@@ -200,7 +215,7 @@ class AblationStudy:
 
     def build_pool(self) -> CandidatePool:
         pool, collected = build_pool(
-            self.pools.sampler,
+            self.pools.source,
             self.pools.executor,
             self.train_problems,
             self.config.generation,
@@ -267,7 +282,11 @@ class AblationStudy:
             "metrics": draw.batch_metrics(self.config.replay.alpha),
         }
         if draw.status is ArmStatus.NO_DATA:
-            row["note"] = "no candidate in the pool passes every test: the filter arm has nothing to train on"
+            row["note"] = (
+                "the pool holds no reference solution: the references-only arm has nothing to train on"
+                if arm is Arm.REFERENCES_ONLY
+                else "no candidate in the pool passes every test: the filter arm has nothing to train on"
+            )
             logger.warning("ablation %s: %s", name, row["note"])
             return row
         try:

@@ -108,7 +108,7 @@ class Suite:
                 if Step.ABLATION in self.settings.steps:
                     self._step(Step.ABLATION, lambda d: self._ablation(pools, train, evaluation, d))
                 if Step.HYPERPARAM in self.settings.steps and self._pool is None:
-                    self._pool, _ = build_pool(pools.sampler, pools.executor, train, self.config.generation,
+                    self._pool, _ = build_pool(pools.source, pools.executor, train, self.config.generation,
                                                batch_size=self.config.problem_batch_size)  # fmt: skip
         if Step.HYPERPARAM in self.settings.steps:
             self._step(Step.HYPERPARAM, lambda d: self._hyperparam(train, evaluation, d))

@@ -22,6 +22,7 @@ class Backend(str, enum.Enum):
     HF = "hf"
     VLLM = "vllm"
     OPENAI = "openai"
+    PROGRAMS = "programs"  # existing programs, no generation (btp_ray.sources)
 
 
 _DEVICES = ("auto", "cpu", "cuda")
@@ -42,6 +43,8 @@ class SamplerConfig:
     ``enable_lora``, ``max_lora_rank``) are ignored by the other backends; API settings (``api_base``,
     ``api_key_env``, ``max_concurrency``, ``request_timeout_s``, ``max_retries``, prices) by the local ones.
     Prices are in dollars per million tokens; None uses the built-in table (see ``openai_sampler.PRICES``).
+    ``scorer_model`` is the local model that scores programs a program source (``references``, ``samples:PATH``)
+    offers without log-probs: the model being trained.
     """
 
     model: str = "smollm2-135m"
@@ -68,6 +71,7 @@ class SamplerConfig:
     backoff_max_s: float = 30.0
     prompt_price_per_mtok: float | None = None
     completion_price_per_mtok: float | None = None
+    scorer_model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))
@@ -129,6 +133,8 @@ class SamplerConfig:
             return self.backend
         if self.model_spec().kind.is_api:
             return Backend.OPENAI
+        if self.model_spec().kind is ModelKind.PROGRAMS:
+            return Backend.PROGRAMS
         if self.resolved_device() == "cuda" and importlib.util.find_spec("vllm") is not None:
             return Backend.VLLM
         return Backend.HF
