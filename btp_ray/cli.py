@@ -109,6 +109,12 @@ BTP_FLAGS: tuple[Flag, ...] = (
     Flag(flag_spellings("--seed"), "seed", "random seed of the run", int),
     Flag(flag_spellings("--output-dir"), "output_dir", "run directory (default results/<name>_<YYYYmmdd_HHMMSS>/)"),
     Flag(flag_spellings("--debug"), "debug", "verbose logging", str2bool, boolean=True),
+    Flag(("--tracker",), "tracking.backends", "trackers: mlflow,tensorboard,wandb (comma-separated) or none"),
+    Flag(
+        flag_spellings("--tracking-uri"),
+        "tracking.uri",
+        "MLflow tracking server (http://host:5000) or store; default: an embedded store in the run directory",
+    ),
 )
 
 
@@ -272,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": "print the resolved config for the given flags",
         "datasets": "list the benchmark datasets and their sizes",
         "doctor": "check that the installation can run btp-ray",
+        "export": "write a run's adapter, or the merged model (--merge), ready to serve",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: btp {" + ",".join(commands) + "} [flags]\n")
@@ -288,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor_main()
     if command == "datasets":
         return _datasets()
+    if command == "export":
+        from btp_ray.export import main as export_main
+
+        return export_main(rest)
     parser = build_btp_parser(f"btp {command}")
     args, config = parse_experiment_args(parser, rest)
     if command == "config" or args.print_config:

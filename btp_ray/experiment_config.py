@@ -20,6 +20,7 @@ from btp_ray.models import DEEPSEEK_API_BASE, ModelKind, UnknownModelError, reso
 from btp_ray.replay.config import ReplayConfig
 from btp_ray.sampling.config import SamplerConfig
 from btp_ray.sampling.types import DEFAULT_SYSTEM_PROMPT, GenerationParams
+from btp_ray.tracking.config import TrackingConfig
 from btp_ray.training.config import TrainingConfig
 
 
@@ -118,6 +119,7 @@ class ExperimentConfig:
         default_factory=lambda: TrainingConfig(base_model=SamplerConfig.model, system_prompt=DEFAULT_SYSTEM_PROMPT)
     )
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))

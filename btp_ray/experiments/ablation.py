@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from btp_ray.config import to_dict
 from btp_ray.data.types import Problem
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.experiments.common import RUN_INFO, collected_cost, evaluate_greedy, run_record, write_json
@@ -22,6 +23,8 @@ from btp_ray.experiments.stats import mean_ci
 from btp_ray.experiments.training import Trainer, TrainerKind
 from btp_ray.metrics import CostRecord
 from btp_ray.replay import Experience, ReplayBuffer, ReplayConfig, Strategy, p2value
+from btp_ray.tracking import TrackingConfig, flatten_metrics, flatten_params
+from btp_ray.tracking.studies import log_study_run, study_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -232,10 +235,12 @@ class AblationStudy:
         pool = pool or self.build_pool()
         base_eval = self._evaluate(None) if self.eval_problems else None
         rows = []
+        tracking = study_tracking(self.config.tracking, self.output_dir)
         for seed in self.settings.seeds:
             for arm in self.settings.arms:
                 rows.append(self._run_arm(arm, seed, pool, base_eval))
                 write_json(self.output_dir / "ablation_rows.json", rows)  # progress survives a crash
+                self._track(tracking, rows[-1])
         results = {
             "experiment": "ablation",
             "model": self.config.sampling.model,
@@ -301,6 +306,22 @@ class AblationStudy:
             row["error"] = f"{type(exc).__name__}: {exc}"
         logger.info("ablation %s: %s", name, {k: round(v, 4) for k, v in row["metrics"].items()})
         return row
+
+    def _track(self, tracking: TrackingConfig, row: dict[str, Any]) -> None:
+        """The arm as its own tracked run in the study's experiment."""
+        if not tracking.backends:
+            return
+        params = {"study": "ablation", "arm": row["arm"], "seed": row["seed"], "status": row["status"]}
+        params |= {"budget": self.budget, "pool_digest": row["pool_digest"]}
+        params |= flatten_params({"replay": to_dict(self.config.replay), "training": to_dict(self.config.training)})
+        log_study_run(
+            tracking,
+            run_name=f"ablation-{row['arm']}-seed{row['seed']}",
+            group="ablation",
+            store_dir=self.output_dir,
+            params=params,
+            metrics=flatten_metrics({k: row[k] for k in ("metrics", "eval", "buffer_size") if k in row}),
+        )
 
     def _evaluate(self, baseline_accuracy: float | None) -> dict[str, Any]:
         summary, collected = evaluate_greedy(

@@ -9,6 +9,7 @@ checkpoint (and topped up from the log), and the latest adapter is loaded back i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -152,6 +153,26 @@ class BTPPipeline:
 
     # -- the run -------------------------------------------------------------------------------------------------
     def execute(self, services: Services) -> dict[str, Any]:
+        """Run BTP, tracked by the configured experiment trackers (which never stop or slow the run)."""
+        from btp_ray.tracking import FAILED, FINISHED, KILLED, log_run_outputs, track_btp_run
+
+        self.tracking = track_btp_run(self.config, self.run.path)
+        status = FAILED
+        try:
+            results = self._execute(services)
+            adapters = [self.run.adapter_dir(i) for i in range(1, self.config.n_iterations + 1)]
+            log_run_outputs(self.tracking, self.run.path, self.config.tracking, adapters)
+            status = FINISHED
+            return results
+        except KeyboardInterrupt:
+            status = KILLED
+            raise
+        finally:
+            self.tracking.close(status)
+
+    def _execute(self, services: Services) -> dict[str, Any]:
+        from btp_ray.tracking import iteration_metrics
+
         state = self.run.load_state()
         self.history = history = self.run.read_json(METRICS, default={"iterations": []})["iterations"]
         baseline_accuracy = self._baseline_accuracy(history)
@@ -176,6 +197,7 @@ class BTPPipeline:
             state.mark(0, PHASE_EVAL)
             self.run.save_state(state)
             print(iteration_line(0, self._line_summary(history[-1])), flush=True)
+            self.tracking.log_metrics(iteration_metrics(history[-1]), step=0)
 
         for iteration in range(1, self.config.n_iterations + 1):
             if state.done(iteration, PHASE_EVAL) or (not self.eval_problems and state.done(iteration, PHASE_TRAIN)):
@@ -189,6 +211,7 @@ class BTPPipeline:
             record["wall_s"] = record.get("wall_s", 0.0) + time.perf_counter() - started
             self._save_metrics()
             print(iteration_line(iteration, self._line_summary(record)), flush=True)
+            self.tracking.log_metrics(iteration_metrics(record), step=iteration)
 
         state.finished = True
         self.run.save_state(state)
@@ -254,8 +277,11 @@ class BTPPipeline:
         if self._ray_learner is None:
             from btp_ray.training import RayLearner
 
-            assert self.config.training is not None  # ExperimentConfig requires it in training modes
-            self._ray_learner = RayLearner(self.config.training)
+            training = self.config.training
+            assert training is not None  # ExperimentConfig requires it in training modes
+            if training.storage_path is None:  # Ray Train's checkpoints in the run directory: shared on a cluster
+                training = dataclasses.replace(training, storage_path=str((self.run.path / "train").resolve()))
+            self._ray_learner = RayLearner(training)
         return self._ray_learner
 
     def _done_problems(self, iteration: int, phase: str, kind: str) -> set[str]:

@@ -1,10 +1,13 @@
 """The studies on a real local Ray with real parts: a random-weight tiny Llama (the embedded model's tokenizer and
 chat template) sampled by the Ray sampler pool, the sandbox executor pool, the replay buffer, LoRA fine-tuning and
 Ray Tune. The tiny model solves nothing; what is checked is the machinery: one pool shared by every arm, the same
-pool on a rerun, CIs over seeds, Tune trials (one made to fail) and the results written to disk."""
+pool on a rerun, CIs over seeds, Tune trials (one made to fail), the results written to disk, and every arm and trial
+tracked as its own MLflow run in one experiment (read back through MLflow's client)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -42,6 +45,10 @@ def tiny_config(model: Path) -> object:
 
 def test_ablation_and_tune_study_share_one_reproducible_pool(ray_cluster, tiny_model: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_model)
+    store = tmp_path / "mlflow" / "mlflow.db"
+    store.parent.mkdir()
+    tracking = dataclasses.replace(config.tracking, uri=f"sqlite:///{store}", experiment="study")
+    config = dataclasses.replace(config, tracking=tracking)
     train, evaluation = load_split(config)
     assert len(train) == 2 and len(evaluation) == 1
     with open_pools(config) as pools:
@@ -92,6 +99,23 @@ def test_ablation_and_tune_study_share_one_reproducible_pool(ray_cluster, tiny_m
     assert study["best"]["index"] in (0, 2)
     assert [p["value"] for p in study["sensitivity"]["learning_rate"]] == [2e-4, 1e-3]
     assert len(list(Path(study["tune_path"]).glob("tune_trainable_*"))) == 3  # Tune's own trial directories
+
+    # every arm and every trial is its own run in the one experiment, so they compare side by side
+    if importlib.util.find_spec("mlflow") is None:  # tracking is an optional extra
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.uri)
+    tracked = client.search_runs([client.get_experiment_by_name("study").experiment_id], max_results=100)
+    arms_tracked = {r.info.run_name: r for r in tracked if r.data.tags.get("btp.study") == "ablation"}
+    assert set(arms_tracked) == {f"ablation-{r['arm']}-seed{r['seed']}" for r in rows}
+    power0 = arms_tracked["ablation-p2value_power-seed0"]
+    assert power0.data.params["arm"] == "p2value_power" and power0.data.params["replay.alpha"] == "0.5"
+    assert power0.data.metrics["metrics/final_loss"] == pytest.approx(rows[0]["metrics"]["final_loss"])
+    trials_tracked = [r for r in tracked if r.data.tags.get("btp.study") == "hyperparam"]
+    assert sorted(float(r.data.params["knobs/learning_rate"]) for r in trials_tracked) == [-1.0, 2e-4, 1e-3]
+    assert {r.info.status for r in trials_tracked} == {"FINISHED", "FAILED"}
+    assert not (Path.cwd() / "mlruns").exists()
 
 
 def test_ablation_on_references_mixed_with_the_targets_own_samples(
