@@ -109,6 +109,12 @@ BTP_FLAGS: tuple[Flag, ...] = (
     Flag(flag_spellings("--seed"), "seed", "random seed of the run", int),
     Flag(flag_spellings("--output-dir"), "output_dir", "run directory (default results/<name>_<YYYYmmdd_HHMMSS>/)"),
     Flag(flag_spellings("--debug"), "debug", "verbose logging", str2bool, boolean=True),
+    Flag(("--tracker",), "tracking.backends", "trackers: mlflow,tensorboard,wandb (comma-separated) or none"),
+    Flag(
+        flag_spellings("--tracking-uri"),
+        "tracking.uri",
+        "MLflow tracking server (http://host:5000) or store; default: an embedded store in the run directory",
+    ),
 )
 
 
@@ -219,15 +225,22 @@ def exit_usage(message: str, prog: str | None = None) -> NoReturn:
 
 
 def load_problems_or_exit(config: Any, prog: str | None = None, *, need_train: bool = True) -> tuple[list, list]:
-    """The run's (training, held-out) problems, loaded before Ray or any model starts, so that a dataset that is
-    not there ends the command within seconds (one line naming the dataset, what was tried and the fix; exit 2)
-    and nothing is created that a retry would trip over."""
+    """The run's (training, held-out) problems, loaded before Ray or any model starts, so that a dataset (or a
+    samples file of a ``samples:PATH`` source) that is not there ends the command within seconds (one line naming
+    the dataset or file, what was tried and the fix; exit 2) and nothing is created that a retry would trip over."""
     from btp_ray.data import DatasetError
     from btp_ray.pipeline.runner import load_split
+    from btp_ray.sources import SamplesFileError, SourceSpec, read_samples
 
     try:
         train, evaluation = load_split(config)
     except DatasetError as exc:
+        exit_usage(str(exc), prog)
+    spec = SourceSpec.parse(config.sampling.model)
+    try:
+        for path in spec.samples_files if spec is not None else ():
+            read_samples(path)  # a missing or malformed samples file stops here, one line naming file, line, field
+    except SamplesFileError as exc:
         exit_usage(str(exc), prog)
     if need_train and not train:
         exit_usage(
@@ -265,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": "print the resolved config for the given flags",
         "datasets": "list the benchmark datasets and their sizes",
         "doctor": "check that the installation can run btp-ray",
+        "export": "write a run's adapter, or the merged model (--merge), ready to serve",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: btp {" + ",".join(commands) + "} [flags]\n")
@@ -281,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor_main()
     if command == "datasets":
         return _datasets()
+    if command == "export":
+        from btp_ray.export import main as export_main
+
+        return export_main(rest)
     parser = build_btp_parser(f"btp {command}")
     args, config = parse_experiment_args(parser, rest)
     if command == "config" or args.print_config:

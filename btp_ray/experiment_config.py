@@ -20,6 +20,7 @@ from btp_ray.models import DEEPSEEK_API_BASE, ModelKind, UnknownModelError, reso
 from btp_ray.replay.config import ReplayConfig
 from btp_ray.sampling.config import SamplerConfig
 from btp_ray.sampling.types import DEFAULT_SYSTEM_PROMPT, GenerationParams
+from btp_ray.tracking.config import TrackingConfig
 from btp_ray.training.config import TrainingConfig
 
 
@@ -30,7 +31,7 @@ class Mode(str, enum.Enum):
     FINETUNE = "finetune"  # local source samples, local target fine-tuned (source = target: self-improvement)
     OPENAI = "openai"  # OpenAI API samples (no fine-tuning)
     DEEPSEEK = "deepseek"  # DeepSeek API samples (no fine-tuning)
-    HYBRID = "hybrid"  # API source samples, local target fine-tuned
+    HYBRID = "hybrid"  # API source samples (or existing programs: btp_ray.sources), local target fine-tuned
 
     @property
     def trains(self) -> bool:
@@ -118,6 +119,7 @@ class ExperimentConfig:
         default_factory=lambda: TrainingConfig(base_model=SamplerConfig.model, system_prompt=DEFAULT_SYSTEM_PROMPT)
     )
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Mode(self.mode))
@@ -144,7 +146,12 @@ class ExperimentConfig:
                 f"mode: --mode {self.mode.value} samples from the {self.mode.source_kind.value} API, but the source "
                 f"model {self.sampling.model!r} is {source.kind.value}; pass an API model name with --source-model"
             )
-        if self.mode is Mode.HYBRID and not source.kind.is_api:
+        if source.kind is ModelKind.PROGRAMS and self.mode is not Mode.HYBRID:
+            raise ValueError(
+                f"mode: the source {self.sampling.model!r} offers existing programs, not a model: fine-tune a target "
+                "on them with --mode hybrid (the default when --target-model is given) and --target-model"
+            )
+        if self.mode is Mode.HYBRID and source.kind is ModelKind.LOCAL:
             raise ValueError(
                 f"mode: --mode hybrid samples from an API model, but {self.sampling.model!r} is a local model; "
                 "use --mode finetune for a local source, or pass an API model (gpt-4o, deepseek-chat)"
@@ -190,6 +197,8 @@ def _infer_mode(source: str, training: Any) -> Mode:
         kind = resolve_model(source).kind
     except UnknownModelError:
         return Mode.FINETUNE  # the config's own check reports the name
+    if kind is ModelKind.PROGRAMS:
+        return Mode.HYBRID
     if not kind.is_api:
         return Mode.FINETUNE
     if isinstance(training, Mapping) and training.get("base_model"):
@@ -229,9 +238,19 @@ def _fill_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
         if generation.get("prompt_format") not in (None, "auto"):
             training.setdefault("prompt_format", generation["prompt_format"])
         data["training"] = training if "base_model" in training else None
+        if data["training"] is not None and _is_program_source(sampling.get("model", "")):
+            # Programs without log-probs are scored under the model being trained.
+            sampling.setdefault("scorer_model", data["training"]["base_model"])
     elif mode is not None and (training is None or "base_model" not in training):
         data["training"] = None  # nothing to fine-tune in this mode
     return data
+
+
+def _is_program_source(name: str) -> bool:
+    try:
+        return resolve_model(name).kind is ModelKind.PROGRAMS
+    except UnknownModelError:
+        return False
 
 
 def _is_mode(value: Any) -> bool:

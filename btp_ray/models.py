@@ -51,10 +51,11 @@ class ModelKind(str, enum.Enum):
     OPENAI = "openai"  # the OpenAI API
     DEEPSEEK = "deepseek"  # the DeepSeek API
     OPENAI_COMPATIBLE = "openai_compatible"  # any server speaking the OpenAI protocol (e.g. a vLLM server)
+    PROGRAMS = "programs"  # no model: existing programs (samples files, reference solutions); see btp_ray.sources
 
     @property
     def is_api(self) -> bool:
-        return self is not ModelKind.LOCAL
+        return self not in (ModelKind.LOCAL, ModelKind.PROGRAMS)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ def resolve_model(name: str, kind: ModelKind | str | None = None) -> ModelSpec:
     if not name or not name.strip():
         raise UnknownModelError("model name is empty")
     name = name.strip()
+    from btp_ray.sources.spec import SourceSpec
+
+    try:
+        if SourceSpec.parse(name) is not None:
+            return ModelSpec(name=name, kind=ModelKind.PROGRAMS, model_id=name)
+    except ValueError as exc:
+        raise UnknownModelError(str(exc)) from None
     if kind is not None:
         forced = ModelKind(kind)
         model_id = ALIASES.get(name.lower(), name) if forced is ModelKind.LOCAL else name
@@ -166,4 +174,6 @@ def local_model_path(spec: ModelSpec) -> str:
     """What to pass to ``from_pretrained`` / ``vllm.LLM`` for a local model."""
     if spec.kind.is_api:
         raise ValueError(f"{spec.name!r} is an API model ({spec.kind.value}), not a local one")
+    if spec.kind is ModelKind.PROGRAMS:
+        raise ValueError(f"{spec.name!r} is a program source (existing programs), not a model")
     return str(embedded_model_dir()) if spec.is_embedded else spec.model_id

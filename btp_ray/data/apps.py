@@ -81,6 +81,7 @@ def record_to_problem(record: dict[str, Any], where: Where) -> Problem:
         source=DATASET,
         difficulty=record.get("difficulty"),
         metadata={"url": record.get("url"), "starter_code": starter_code, "num_solutions": len(solutions)},
+        solutions=tuple(str(s) for s in solutions[1:]),
     )
 
 

@@ -34,12 +34,14 @@ def _tests_of(record: dict[str, Any], where: Where, key: str) -> list[TestCase]:
     return [TestCase.stdio(str(i), str(o)) for i, o in zip(block["input"], block["output"], strict=True)]
 
 
-def _python_solution(record: dict[str, Any]) -> str | None:
-    solutions = record.get("solutions") or {}
-    for language, code in zip(solutions.get("language", []), solutions.get("solution", []), strict=False):
-        if language == PYTHON3:
-            return code
-    return None
+def _python_solutions(record: dict[str, Any], key: str = "solutions") -> list[str]:
+    """The Python 3 programs of ``record[key]`` (``solutions`` or ``incorrect_solutions``)."""
+    block = record.get(key) or {}
+    return [
+        code
+        for language, code in zip(block.get("language", []), block.get("solution", []), strict=False)
+        if language == PYTHON3
+    ]
 
 
 def record_to_problem(record: dict[str, Any], where: Where, test_sets: Sequence[str]) -> Problem:
@@ -50,12 +52,13 @@ def record_to_problem(record: dict[str, Any], where: Where, test_sets: Sequence[
         raise DatasetError(DATASET, f"no tests in {list(test_sets)}", **where)
     difficulty = record.get("difficulty")
     time_limit = record.get("time_limit") or {}
+    solutions = _python_solutions(record)
     return Problem(
         task_id=f"CodeContests/{name}",
         prompt=description.strip() + "\n",
         tests=tuple(tests),
         entry_point=None,
-        canonical_solution=_python_solution(record),
+        canonical_solution=solutions[0] if solutions else None,
         source=DATASET,
         difficulty=DIFFICULTY.get(difficulty, str(difficulty)) if difficulty is not None else None,
         metadata={
@@ -63,6 +66,8 @@ def record_to_problem(record: dict[str, Any], where: Where, test_sets: Sequence[
             "memory_limit_bytes": record.get("memory_limit_bytes"),
             "cf_rating": record.get("cf_rating"),
         },
+        solutions=tuple(solutions[1:]),
+        incorrect_solutions=tuple(_python_solutions(record, "incorrect_solutions")),
     )
 
 

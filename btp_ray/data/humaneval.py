@@ -4,6 +4,11 @@ Each ``check(candidate)`` is split into one :class:`TestCase` per top-level asse
 the statements that precede an assert inside ``check`` (imports, helper values) become that case's ``setup``, and
 statements that wrap asserts (a ``for`` loop of random checks) become one case each. ``assert True`` lines, which
 some problems use as padding, are dropped: they would count as tests that every program passes.
+
+The helpers the prompt defines besides the entry point (HumanEval/38's ``encode_cyclic``, /32's ``poly``), with the
+prompt's imports, go into ``test_setup`` ahead of the test module's own code: the tests call them, and the sandbox
+runs the tests with the trusted copy from ``test_setup``, so a program that redefines a helper cannot change what
+the tests check.
 """
 
 from __future__ import annotations
@@ -79,6 +84,24 @@ def split_check(test_code: str, entry_point: str) -> tuple[str, list[TestCase]]:
     return module_setup.strip(), cases
 
 
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's top-level imports and definitions other than ``entry_point`` ("" if it has none or does not
+    parse)."""
+    try:
+        module = ast.parse(prompt)
+    except SyntaxError:
+        return ""
+    kept = [
+        ast.get_source_segment(prompt, node) or ast.unparse(node)
+        for node in module.body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        or (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name != entry_point)
+    ]
+    if not any(not line.startswith(("import ", "from ")) for line in kept):
+        return ""
+    return "\n".join(kept)
+
+
 def _dedent_segment(source: str, col_offset: int) -> str:
     """``get_source_segment`` keeps the inner lines' indentation; move them back to column 0."""
     lines = source.splitlines()
@@ -114,7 +137,9 @@ def load_humaneval(path: str | Path | None = None) -> list[Problem]:
                 tests=tuple(tests),
                 entry_point=row["entry_point"],
                 canonical_solution=row["canonical_solution"],
-                test_setup=module_setup,
+                test_setup="\n\n".join(
+                    p for p in (prompt_helpers(row["prompt"], row["entry_point"]), module_setup) if p
+                ),
                 source=DATASET,
                 metadata={"solution_is_completion": True, "test": row["test"]},
             )

@@ -98,11 +98,15 @@ class Problem:
     source: str = ""
     difficulty: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    solutions: tuple[str, ...] = ()
+    incorrect_solutions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.task_id:
             raise ValueError("Problem needs a non-empty 'task_id'")
         object.__setattr__(self, "tests", tuple(self.tests))
+        object.__setattr__(self, "solutions", tuple(self.solutions))
+        object.__setattr__(self, "incorrect_solutions", tuple(self.incorrect_solutions))
 
     def reference_program(self) -> str | None:
         """The complete reference program (prompt + body for completion-style prompts), or None."""
@@ -123,12 +127,16 @@ class Problem:
             "source": self.source,
             "difficulty": self.difficulty,
             "metadata": self.metadata,
+            "solutions": list(self.solutions),
+            "incorrect_solutions": list(self.incorrect_solutions),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Problem:
         data = dict(data)
         data["tests"] = tuple(TestCase.from_dict(t) for t in data.get("tests", ()))
+        data["solutions"] = tuple(data.get("solutions", ()))
+        data["incorrect_solutions"] = tuple(data.get("incorrect_solutions", ()))
         return cls(**data)
 
     def to_json(self) -> str:

@@ -41,7 +41,6 @@ import sys
 import tempfile
 import termios
 import time
-import traceback
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -81,6 +80,8 @@ RLIMITS = (  # (key in a request's limits, or None for 0; the rlimit)
 )
 RESULT_FD = 3
 REQUEST_FD = 4
+CALLS_FD = 5  # the program child reads the judge's calls here
+REPLIES_FD = 6  # and writes its replies here
 # Denied with EPERM in every child (see _seccomp_bpf for the argument-filtered clone/clone3/socket rules).
 SECCOMP_DENIED = (
     "ptrace",
@@ -150,22 +151,11 @@ def _mount(source, target, fstype, flags, data=None):
 
 
 # ----------------------------------------------------------------------------------------------------------- framing
-def _read_exact(fd, n):
-    chunks = []
-    while n:
-        chunk = os.read(fd, n)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
 def _recv_body(fd):
-    header = _read_exact(fd, 4)
+    header = codec.read_exact(fd, 4)
     if header is None:
         return None
-    return _read_exact(fd, struct.unpack(">I", header)[0])
+    return codec.read_exact(fd, struct.unpack(">I", header)[0])
 
 
 def _recv(fd):
@@ -174,111 +164,35 @@ def _recv(fd):
 
 
 def _send_body(fd, body):
-    data = memoryview(struct.pack(">I", len(body)) + body)
-    while data:
-        data = data[os.write(fd, data) :]
+    codec.write_all(fd, struct.pack(">I", len(body)) + body)
 
 
 def _send(fd, obj):
     _send_body(fd, json.dumps(obj, ensure_ascii=True).encode())
 
 
-# ----------------------------------------------------------------------------------------------- strict value encoding
-def _build_encoder():
-    """A strict encoder of builtin values: exact types only, so user subclasses and objects are never trusted."""
-    numpy_scalars = ()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy_scalars = tuple(t for t in set(numpy.sctypeDict.values()) if t.__module__ == "numpy")
-    numpy_scalars = frozenset(numpy_scalars)
-    float_repr = float.__repr__
-    max_nodes = 200_000
-    plain_bases = (bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
-    # Subclasses that keep their base's comparisons are encoded as the base (namedtuple, IntFlag-free int
-    # subclasses, ...): their equality in-process is the base's, computed on the same elements.
-    base_copy = {
-        bool: bool.__bool__,
-        int: int.__index__,
-        float: float.__float__,
-        complex: lambda v: complex(complex.__getattribute__(v, "real"), complex.__getattribute__(v, "imag")),
-        str: str.__str__,
-        bytes: lambda v: bytes(memoryview(v)),
-        list: lambda v: list(list.__iter__(v)),
-        tuple: lambda v: tuple(tuple.__iter__(v)),
-        dict: lambda v: dict(dict.items(v)),
-        set: lambda v: set(set.__iter__(v)),
-        frozenset: lambda v: frozenset(frozenset.__iter__(v)),
-    }
-    import collections
+# ------------------------------------------------------------------------------------------------------ the runtime
+def _load(file_name, module_name):
+    """A module from this script's directory (``python -I`` does not put it on ``sys.path``)."""
+    import importlib.util
 
-    trusted_dicts = frozenset((collections.OrderedDict, collections.Counter, collections.defaultdict))
-    compared = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__len__")
-
-    def _plain(t):
-        base = next(b for b in plain_bases if issubclass(t, b))
-        return all(getattr(t, name, None) is getattr(base, name, None) for name in compared)
-
-    def encode(value):
-        budget = [max_nodes]
-
-        def enc(x, depth):
-            budget[0] -= 1
-            if budget[0] < 0 or depth > 100:
-                raise OverflowError("value too large or too deeply nested to report")
-            t = type(x)
-            if t is bool:
-                return ["b", x is True]
-            if t is int:
-                return ["i", int.__format__(x, "x")]
-            if t is float:
-                return ["f", float_repr(x)]
-            if t is str:
-                return ["s", x]
-            if x is None:
-                return ["n"]
-            if t is list:
-                return ["l", [enc(v, depth + 1) for v in list.__iter__(x)]]
-            if t is tuple:
-                return ["t", [enc(v, depth + 1) for v in tuple.__iter__(x)]]
-            if t is dict:
-                return ["d", [[enc(k, depth + 1), enc(v, depth + 1)] for k, v in dict.items(x)]]
-            if t is set:
-                return ["S", [enc(v, depth + 1) for v in set.__iter__(x)]]
-            if t is frozenset:
-                return ["F", [enc(v, depth + 1) for v in frozenset.__iter__(x)]]
-            if t is bytes:
-                return ["y", bytes.hex(x)]
-            if t is complex:
-                return ["c", float_repr(x.real), float_repr(x.imag)]
-            if t in numpy_scalars:
-                return enc(x.item(), depth + 1)
-            if t in trusted_dicts or (type(t) is type and issubclass(t, plain_bases) and _plain(t)):
-                for base in plain_bases:
-                    if issubclass(t, base):
-                        return enc(base_copy[base](x), depth)
-            return ["o", str(type.__dict__["__qualname__"].__get__(t))[:100]]
-
-        return enc(value, 0)
-
-    return encode
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), file_name)
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-# ------------------------------------------------------------------------------------------------------ the harness
-def _error_line(exc):
-    try:
-        lines = traceback.format_exception_only(type(exc), exc)
-        text = lines[-1].strip() if lines else type(exc).__name__
-    except BaseException:
-        text = type(exc).__name__
-    return text[:2000]
+codec = _load("_codec.py", "_btp_sandbox_codec")
+runtime = _load("_runtime.py", "_btp_sandbox_runtime")
 
 
-def _harness(request, encode, dumps):
-    """Runs in the sandboxed child: loads the program, runs the tests from ``start``, reports events on fd 3."""
-    # Bound before any untrusted code runs, so replacing builtins or os functions cannot change the harness.
-    write, exit_now, is_mem = os.write, os._exit, MemoryError
-    _exec, _eval, _compile, _range, _len, _isinstance, _type = exec, eval, compile, range, len, isinstance, type
-    _getattr, _loads, _sys = getattr, json.loads, sys
+def _emitter(fd):
+    """``emit(event)``: one JSON line on ``fd``, with the functions bound now, before any untrusted code runs."""
+    write, dumps, exit_now = os.write, json.dumps, os._exit
 
     def emit(event):
         try:
@@ -287,70 +201,11 @@ def _harness(request, encode, dumps):
             data = b'{"e":"unreportable"}\n'
         try:
             while data:
-                data = data[write(RESULT_FD, data) :]
+                data = data[write(fd, data) :]
         except OSError:
             exit_now(70)
 
-    def flush_std():
-        for stream in (_sys.stdout, _sys.stderr):
-            with contextlib.suppress(BaseException):
-                stream.flush()
-
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    mode = request["mode"]
-    try:
-        code = _compile(request["program"], "<program>", "exec")
-    except BaseException as exc:
-        emit({"e": "compile_error", "err": _error_line(exc)})
-        exit_now(0)
-    try:
-        if mode == "stdio":
-            try:
-                _exec(code, namespace)
-            except SystemExit as stop:
-                if stop.code not in (None, 0):
-                    raise
-            flush_std()
-            emit({"e": "loaded"})
-            flush_std()
-            exit_now(0)
-        _exec(code, namespace)
-        if request.get("test_setup"):
-            _exec(_compile(request["test_setup"], "<test_setup>", "exec"), namespace)
-    except BaseException as exc:
-        flush_std()
-        emit({"e": "load_error", "err": _error_line(exc), "mem": _isinstance(exc, is_mem)})
-        exit_now(0)
-    flush_std()
-    emit({"e": "loaded"})
-    tests = request["tests"]
-    for k in _range(request["start"], _len(tests)):
-        test = tests[k]
-        emit({"e": "begin", "k": k})
-        try:
-            if test.get("setup"):
-                _exec(_compile(test["setup"], f"<setup {k}>", "exec"), namespace)
-            kind = test["kind"]
-            if kind == "exec":
-                _exec(_compile(test["code"], f"<test {k}>", "exec"), namespace)
-                result = {"e": "ok", "k": k}
-            elif kind == "value":
-                value = _eval(_compile(test["expr"], f"<test {k}>", "eval"), namespace)
-                result = {"e": "value", "k": k, "v": encode(value)}
-            else:
-                func = namespace.get(test["fn"])
-                if func is None and _isinstance(namespace.get("Solution"), _type):
-                    func = _getattr(namespace["Solution"](), test["fn"])
-                if func is None:
-                    raise NameError(f"function {test['fn']!r} is not defined")
-                value = func(*_loads(test["args"]))
-                result = {"e": "value", "k": k, "v": encode(value)}
-        except BaseException as exc:
-            result = {"e": "fail", "k": k, "err": _error_line(exc), "mem": _isinstance(exc, is_mem)}
-        flush_std()
-        emit(result)
-    flush_std()
-    exit_now(0)
+    return emit
 
 
 # -------------------------------------------------------------------------------------------------------- isolation
@@ -542,6 +397,37 @@ class Isolation:
             if any(events & select.POLLERR for _, events in server_alive.poll(0)):
                 os._exit(72)
 
+    def enter_judge(self, limits):
+        """The judge child's confinement. It runs only the tests' code, never the program's, and must be out of the
+        program's reach: a new session, the job's rlimits, ``no_new_privs``, a Landlock domain of its own that
+        writes nowhere but ``/dev/null`` (and, being another domain, cannot be signalled or traced by the program's),
+        seccomp, a uid of its own (not the program's), and memory that is not dumpable (no ``/proc/<pid>/mem``)."""
+        os.setsid()
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _set_rlimits(limits)
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if self.landlock_abi:
+            ruleset = self._landlock_ruleset()
+            try:
+                _check(_libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
+            finally:
+                os.close(ruleset)
+        if self.seccomp_program is not None:
+            self.seccomp_program.load()
+        os.chdir("/")
+        if self.drop_uid is not None:
+            uid = self.judge_uid
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl(PR_SET_DUMPABLE, 0)
+
+    @property
+    def judge_uid(self):
+        """The judge's uid: the sandbox uid moved past the PID range, so that it is no other server's sandbox uid."""
+        return self.drop_uid + (1 << 22) if self.drop_uid is not None else None
+
     def _landlock_restrict(self, scratch):
         """Confine this child to a ruleset of its own: reads everywhere, writes beneath ``scratch`` and to
         ``/dev/null``, no TCP, no signals to (or ptrace of) anything outside it."""
@@ -688,6 +574,7 @@ class Server:
         self.prepared = None
         self.prepare_while_running = False
         self.last_limits = None
+        self.dying = []
 
     def start(self):
         self.isolation.setup_once(self.scratch_root)
@@ -698,7 +585,8 @@ class Server:
                 preloaded.append(name)
             except Exception as exc:
                 failed.append(f"{name}: {exc}")
-        self.encode = _build_encoder()
+        codec.TRUSTED_PACKAGES.update(name.split(".")[0] for name in preloaded)
+        self.encode = codec.build_encoder()
         self._set_up_what_children_inherit()
         # Two children at once are apart only when each job has its own PID namespace and is not the server's uid.
         self.prepare_while_running = self.isolation.own_pidns_fd is not None and self.isolation.drop_uid is not None
@@ -714,6 +602,7 @@ class Server:
             "server_vm_bytes": vm,
             "scratch_root": self.scratch_root,
             "sandbox_uid": self.isolation.drop_uid,
+            "judge_uid": self.isolation.judge_uid,
             "landlock_abi": self.isolation.landlock_abi,
         }
 
@@ -754,11 +643,10 @@ class Server:
             raise
 
     def _fork_prepared(self, job_dir):
-        req_r, req_w = os.pipe()
-        res_r, res_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        child_ends, server_ends = (req_r, res_w, out_w, err_w), (req_w, res_r, out_r, err_r)
+        pipes = [os.pipe() for _ in range(6)]  # request, result, stdout, stderr, judge->program, program->judge
+        (req_r, req_w), (res_r, res_w), (out_r, out_w), (err_r, err_w), (calls_r, calls_w), (rep_r, rep_w) = pipes
+        child_ends, server_ends = (req_r, res_w, out_w, err_w, calls_r, rep_w), (req_w, res_r, out_r, err_r)
+        judge_ends = (calls_w, rep_r)
         use_pidns = self.isolation.own_pidns_fd is not None
         child = None
         try:
@@ -772,12 +660,13 @@ class Server:
                 if use_pidns:
                     self.isolation._reset_pidns()
             child = _Prepared(pid, None, *server_ends, use_pidns, self.last_limits, job_dir)
+            child.judge_ends = judge_ends
             child.pidfd = os.pidfd_open(pid)
         except BaseException:
             if child is not None:
                 child.close()
             else:
-                for fd in server_ends:
+                for fd in (*server_ends, *judge_ends):
                     os.close(fd)
             raise
         finally:
@@ -785,20 +674,27 @@ class Server:
                 os.close(fd)
         self.prepared = child
 
-    def run(self, request, body):
+    def run(self, request, body, judge_body):
         child = None
         self.last_limits = request["limits"]
+        self.reap()
         try:
             for _ in range(2):
                 self.prepare()
                 child, self.prepared = self.prepared, None
                 started = time.monotonic()
                 if _deliver(child.request_w, body):
+                    judge = self._fork_judge(child, judge_body, request["limits"]) if judge_body else None
+                    child.close_judge_ends()
                     if self.prepare_while_running:
                         # The server would only wait for this job: fork the next one's child now, on the other core.
                         with contextlib.suppress(Exception):
                             self.prepare()
-                    reply = self._supervise(request, child, started)
+                    try:
+                        reply = self._supervise(request, child, judge, started)
+                    finally:
+                        if judge is not None:
+                            self.dying.append(judge)
                     if not _unread(child.request_w):
                         return reply
                 # It died before it had read all of its job (killed from outside), so no job code ran: run the job
@@ -808,12 +704,20 @@ class Server:
             raise OSError("two prepared children died before receiving their job")
         finally:
             if child is not None:
-                self._retire(child)
+                self.dying.append(child)
+
+    def reap(self):
+        """Reap the children of the last job (already killed) and remove its job directory. The server replies to a
+        job as soon as its children have reported all they will, then reaps them while the owner reads the reply."""
+        dying, self.dying = self.dying, []
+        for child in dying:
+            self._retire(child)
 
     def _retire(self, child):
         """Kill (if need be) and reap a child, then remove its job directory with whatever the job left there."""
         child.close()
-        self._remove_job_dir(child.job_dir)
+        if child.job_dir is not None:
+            self._remove_job_dir(child.job_dir)
 
     def _remove_job_dir(self, path):
         """What cannot be removed entry by entry (say, directories nested deeper than the recursion limit) goes with
@@ -833,13 +737,15 @@ class Server:
     def _child(self, fds, job_dir):
         """Body of a prepared child: job-independent setup, then wait for the request, isolate and run it."""
         try:
-            req_r, res_w, out_w, err_w = fds
+            req_r, res_w, out_w, err_w, calls_r, rep_w = fds
             os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             os.dup2(res_w, RESULT_FD)
             os.dup2(req_r, REQUEST_FD)
-            os.closerange(REQUEST_FD + 1, 1 << 16)
+            os.dup2(calls_r, CALLS_FD)
+            os.dup2(rep_w, REPLIES_FD)
+            os.closerange(REPLIES_FD + 1, 1 << 16)
             self.isolation.prepare_in_child(job_dir, self.last_limits)
             body = _recv_body(REQUEST_FD)
             if body is None:  # the server closed, or died, before it had a job for this child
@@ -849,7 +755,7 @@ class Server:
             if request.get("stdin") is not None:
                 _stdin_from(request["stdin"])
             self.isolation.apply_in_child(job_dir, request["limits"], preset=self.last_limits)
-            _harness(request, self.encode, json.dumps)
+            runtime.run_program(request, self.encode, _emitter(RESULT_FD), os._exit)
         except BaseException as exc:
             try:
                 os.write(2, f"sandbox child setup failed: {exc!r}\n".encode())
@@ -857,71 +763,134 @@ class Server:
                 os._exit(71)
         os._exit(0)
 
-    def _supervise(self, request, child, started):
+    def _fork_judge(self, child, judge_body, limits):
+        """Fork the job's judge child: it runs the tests' code (never the program's) and calls the program child over
+        the two pipes made with it. Forked only for jobs that have tests other than direct calls."""
+        res_r, res_w = os.pipe()
+        calls_w, rep_r = child.judge_ends
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.dup2(os.open("/dev/null", os.O_RDWR), 0)
+                os.dup2(0, 1)
+                os.dup2(0, 2)
+                os.dup2(res_w, RESULT_FD)
+                os.dup2(calls_w, CALLS_FD)
+                os.dup2(rep_r, REPLIES_FD)
+                os.closerange(REPLIES_FD + 1, 1 << 16)
+                self.isolation.enter_judge(limits)
+                spec = json.loads(judge_body)
+                runtime.run_judge(spec, self.encode, _emitter(RESULT_FD), os._exit)
+            finally:
+                os._exit(71)
+        os.close(res_w)
+        return _Prepared(pid, None, None, res_r, None, None, False, None, None)
+
+    def _supervise(self, request, child, judge, started):
+        """Wait for the job's children and collect what they report, enforcing the wall clock from outside: each
+        test (and the loading) within ``test_timeout_s`` of the last progress, the whole run within ``deadline_s``."""
         pid, pidfd, res_r, out_r, err_r = child.pid, child.pidfd, child.result_r, child.out_r, child.err_r
-        use_pidns = child.in_pidns
+        judge_r = judge.result_r if judge is not None else None
         limits = request["limits"]
         keep = limits["keep_output_bytes"]
         max_output = limits["max_output_bytes"]
         max_result = limits["max_result_bytes"]
+        test_timeout = request["test_timeout_s"]
         job_deadline = started + request["deadline_s"]
-        phase_timeout = request["load_timeout_s"]
-        phase_deadline = started + phase_timeout
+        phase_deadline = started + request["load_timeout_s"]
         phase = "load"
         buffers = {out_r: bytearray(), err_r: bytearray()}
         totals = {out_r: 0, err_r: 0}
-        result_buf = bytearray()
+        lines = {res_r: bytearray(), judge_r: bytearray()}
         result_total = 0
-        events = []
+        events, judge_events = [], []
         timed_out = output_limit = False
-        exited = False
+        program_over = program_done = False
+        judge_over = judge is None
         poller = select.poll()
-        open_fds = {res_r, out_r, err_r}
+        open_fds = {res_r, out_r, err_r} | ({judge_r} if judge is not None else set())
         for fd in open_fds:
             poller.register(fd, select.POLLIN)
         poller.register(pidfd, select.POLLIN)
         grace_deadline = None
-        while open_fds:
-            now = time.monotonic()
-            deadline = min(job_deadline, phase_deadline) if not exited else grace_deadline
-            if now >= deadline:
-                if exited:
-                    break
+
+        def end_program(reason_timeout=False):
+            nonlocal program_over, grace_deadline, timed_out
+            if reason_timeout:
                 timed_out = True
-                os.kill(pid, signal.SIGKILL)
-                exited = True
-                grace_deadline = time.monotonic() + 1.0
+            if not program_over:
+                program_over = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                grace_deadline = time.monotonic() + (1.0 if child.in_pidns or judge is not None else 0.05)
+
+        while True:
+            if program_done and open_fds & {out_r, err_r}:
+                # It flushed its output before reporting done: take what is in the pipes, wait for nothing more.
+                for fd in (out_r, err_r):
+                    while fd in open_fds and select.select([fd], [], [], 0)[0] and totals[fd] <= max_output:
+                        chunk = os.read(fd, 1 << 16)
+                        if not chunk:
+                            open_fds.discard(fd)
+                            poller.unregister(fd)
+                            break
+                        totals[fd] += len(chunk)
+                        buffers[fd] += chunk[: max(0, keep - len(buffers[fd]))]
+                    open_fds.discard(fd)
+            program_finished = program_done or not open_fds & {res_r, out_r, err_r}
+            if program_over and program_finished and judge_over:
+                break
+            now = time.monotonic()
+            deadline = grace_deadline if program_over else min(job_deadline, phase_deadline)
+            if now >= deadline:
+                if program_over:
+                    break
+                end_program(reason_timeout=True)
                 continue
-            for fd, _ in poller.poll(max(1, int((deadline - now) * 1000) + 1)):
+            ready = poller.poll(max(1, int((deadline - now) * 1000) + 1))
+            for fd, _ in ready:
                 if fd == pidfd:
                     poller.unregister(pidfd)
-                    exited = True
-                    grace_deadline = time.monotonic() + (1.0 if use_pidns else 0.05)
+                    if not program_over:
+                        program_over = True
+                        grace_deadline = time.monotonic() + (1.0 if child.in_pidns else 0.05)
+                    continue
+                if fd not in open_fds:
                     continue
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     poller.unregister(fd)
                     open_fds.discard(fd)
+                    if fd == judge_r:
+                        judge_over = True
                     continue
-                if fd == res_r:
+                if fd in lines:
                     result_total += len(chunk)
                     if result_total > max_result:
                         output_limit = True
                         break
-                    result_buf += chunk
-                    *lines, rest = bytes(result_buf).split(b"\n")
-                    result_buf = bytearray(rest)
-                    for line in lines:
+                    buffer = lines[fd]
+                    buffer += chunk
+                    *complete, rest = bytes(buffer).split(b"\n")
+                    lines[fd] = bytearray(rest)
+                    for line in complete:
                         event = _parse_event(line)
                         if event is None:
                             continue
-                        events.append(event)
-                        if event.get("e") == "begin" and isinstance(event.get("k"), int):
-                            phase = event["k"]
-                            phase_deadline = time.monotonic() + request["test_timeout_s"]
-                        elif event.get("e") == "loaded":
-                            phase = "tests"
-                            phase_deadline = job_deadline
+                        kind = event.get("e")
+                        if fd == judge_r:
+                            judge_events.append(event)
+                            if kind == "judge_done":
+                                judge_over = True
+                        else:
+                            events.append(event)
+                            if kind == "done":
+                                program_done = True
+                                end_program()
+                        if kind in ("loaded", "value", "fail", "served", "verdict"):
+                            # progress: the next test starts now and has its own time
+                            phase = event.get("k", phase) if kind != "loaded" else "tests"
+                            phase_deadline = time.monotonic() + test_timeout
                 else:
                     totals[fd] += len(chunk)
                     room = keep - len(buffers[fd])
@@ -931,24 +900,25 @@ class Server:
                         output_limit = True
                         break
             if output_limit:
-                os.kill(pid, signal.SIGKILL)
+                end_program()
                 break
-        if not exited or output_limit:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if judge is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        if not use_pidns:
+                os.kill(judge.pid, signal.SIGKILL)
+        status = _exit_status(child, wait=not program_done)
+        if not child.in_pidns:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-        child.reaped = True
-        code = os.waitstatus_to_exitcode(status)
         return {
             "events": events,
+            "judge_events": judge_events,
             "stdout": bytes(buffers[out_r]).decode("utf-8", "replace"),
             "stderr": bytes(buffers[err_r]).decode("utf-8", "replace"),
             "stdout_total": totals[out_r],
-            "exit_code": code if code >= 0 else None,
-            "signal": -code if code < 0 else None,
+            "exit_code": status if status is not None and status >= 0 else None,
+            "signal": -status if status is not None and status < 0 else None,
             "timed_out": timed_out,
             "timeout_phase": phase if timed_out else None,
             "output_limit": output_limit,
@@ -956,6 +926,7 @@ class Server:
         }
 
     def close(self):
+        self.reap()
         if self.prepared is not None:
             self.prepared.close()
             self.prepared = None
@@ -964,14 +935,31 @@ class Server:
         shutil.rmtree(self.scratch_root, ignore_errors=True)
 
 
+def _exit_status(child, wait):
+    """The child's exit code (negative: killed by that signal); None when it reported all it had and was killed
+    without being waited for (it is reaped after the reply, see :meth:`Server.reap`)."""
+    if not wait:
+        return None
+    _, status = os.waitpid(child.pid, 0)
+    child.reaped = True
+    return os.waitstatus_to_exitcode(status)
+
+
 class _Prepared:
-    """A forked child waiting for its job, and the server's ends of its pipes."""
+    """A forked child (waiting for its job, running it, or the job's judge), and the server's ends of its pipes."""
 
     def __init__(self, pid, pidfd, request_w, result_r, out_r, err_r, in_pidns, preset_limits, job_dir):
         self.pid, self.pidfd, self.in_pidns, self.preset_limits = pid, pidfd, in_pidns, preset_limits
         self.job_dir = job_dir
         self.request_w, self.result_r, self.out_r, self.err_r = request_w, result_r, out_r, err_r
+        self.judge_ends = ()
         self.reaped = False
+
+    def close_judge_ends(self):
+        for fd in self.judge_ends:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.judge_ends = ()
 
     def close(self):
         """Release the pipes; a child that was never reaped (unused, or its supervision failed) is killed first."""
@@ -981,6 +969,7 @@ class _Prepared:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
             self.reaped = True
+        self.close_judge_ends()
         for fd in (self.request_w, self.result_r, self.out_r, self.err_r, self.pidfd):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -1084,11 +1073,17 @@ def main():
             request = json.loads(body)
             if request.get("op") == "close":
                 break
+            # A run is three frames: this control message, the program child's request, the judge's (maybe empty).
+            child_body, judge_body = _recv_body(in_fd), _recv_body(in_fd)
+            if child_body is None or judge_body is None:
+                break
             try:
-                reply = server.run(request, body)
+                reply = server.run(request, child_body, judge_body)
             except Exception as exc:
                 reply = {"sandbox_error": f"{type(exc).__name__}: {exc}"}
             _send(out_fd, reply)
+            with contextlib.suppress(Exception):
+                server.reap()
     finally:
         server.close()
 

@@ -53,7 +53,10 @@ class SandboxConfig:
     """Limits and policy of one sandbox (one warm fork server).
 
     ``timeout_s`` limits each test case and the loading of the program separately (wall clock, enforced from
-    outside the child); ``max_job_s`` caps one job in all. ``memory_limit_mb`` is the child's address-space limit.
+    outside the child); ``max_job_s`` caps one job in all. ``job_budget_timeouts`` is the job's time budget for tests
+    that hang, in multiples of ``timeout_s``: once a test has run past ``timeout_s``, the rest of the job gets at most
+    ``(job_budget_timeouts - 1) * timeout_s`` more, and the tests it does not reach fail as ``NOT_RUN`` (see
+    :mod:`btp_ray.execution.jobs`). ``memory_limit_mb`` is the child's address-space limit.
     ``max_file_mb`` caps each file a job writes; ``scratch_mb`` caps all of a job's scratch files together (and their
     number, at 256 per MiB), where the scratch directory lives in a memory-backed filesystem of the server's own (it
     needs a mount namespace).
@@ -62,6 +65,7 @@ class SandboxConfig:
     isolation: IsolationLevel = IsolationLevel.BASIC
     timeout_s: float = 5.0
     max_job_s: float = 60.0
+    job_budget_timeouts: float = 1.5
     memory_limit_mb: int = 4096
     max_processes: int = 64
     max_file_mb: int = 16
@@ -81,6 +85,8 @@ class SandboxConfig:
         for name in ("timeout_s", "max_job_s", "startup_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SandboxConfig.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if not self.job_budget_timeouts >= 1.0:
+            raise ValueError(f"SandboxConfig.job_budget_timeouts must be >= 1, got {self.job_budget_timeouts!r}")
         if self.max_job_s < self.timeout_s:
             raise ValueError(f"SandboxConfig.max_job_s ({self.max_job_s}) must be >= timeout_s ({self.timeout_s})")
         if self.memory_limit_mb < 256:

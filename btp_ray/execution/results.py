@@ -21,6 +21,7 @@ class ExecutionStatus(str, enum.Enum):
     OUTPUT_LIMIT = "output_limit"  # stdout/stderr or reported values exceeded the cap
     CRASHED = "crashed"  # the process died (signal, os._exit) in the middle of a test
     SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed; not the program's fault
+    NOT_RUN = "not_run"  # per test only: not reached within the job's time budget (the job's status is TIMEOUT)
 
 
 @dataclass(frozen=True)

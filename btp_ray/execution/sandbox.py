@@ -14,7 +14,6 @@ import logging
 import os
 import select
 import shutil
-import signal
 import struct
 import subprocess
 import time
@@ -24,16 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from btp_ray.data.types import TestCase
-from btp_ray.execution.checks import (
-    Check,
-    TestSpecError,
-    UnreportableValue,
-    compile_tests,
-    decode_value,
-    judge_value,
-    stdio_equal,
-)
+from btp_ray.execution.checks import TestPlan, TestSpecError, compile_tests
 from btp_ray.execution.config import SandboxConfig
+from btp_ray.execution.jobs import JobRun
+from btp_ray.execution.jobs import ServerDied as _ServerDied
 from btp_ray.execution.results import ExecutionJob, ExecutionResult, ExecutionStatus
 
 logger = logging.getLogger(__name__)
@@ -47,10 +40,8 @@ SERVER_ENVIRONMENT = {
     "MKL_NUM_THREADS": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
 }
-_MAX_RESULT_BYTES = 16 << 20
 _REPLY_GRACE_S = 30.0
-
-Outcome = tuple[bool, ExecutionStatus, str]
+_PLAN_CACHE_SIZE = 512
 
 
 class SandboxUnavailableError(RuntimeError):
@@ -59,10 +50,6 @@ class SandboxUnavailableError(RuntimeError):
 
 class SandboxClosedError(RuntimeError):
     """The sandbox was used after :meth:`Sandbox.close`."""
-
-
-class _ServerDied(Exception):
-    pass
 
 
 class Sandbox:
@@ -76,6 +63,7 @@ class Sandbox:
         self.features: frozenset[str] = frozenset()
         self.missing: dict[str, str] = {}
         self.server_info: dict[str, Any] = {}
+        self._plans: dict[tuple[Any, ...], TestPlan] = {}
         self._start_server()
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -125,7 +113,7 @@ class Sandbox:
             )
         if hello["preload_failed"]:
             logger.info("sandbox could not preload: %s", "; ".join(hello["preload_failed"]))
-        if self._address_space_bytes() < hello["server_vm_bytes"] + (256 << 20):
+        if (self.config.memory_limit_mb << 20) < hello["server_vm_bytes"] + (256 << 20):
             self._kill_server()
             raise SandboxUnavailableError(
                 f"SandboxConfig.memory_limit_mb={self.config.memory_limit_mb} is below the fork server's own address "
@@ -175,7 +163,8 @@ class Sandbox:
     def run(
         self, program: str, tests: Sequence[TestCase], *, test_setup: str = "", timeout_s: float | None = None
     ) -> ExecutionResult:
-        """Run ``program`` against ``tests``; ``timeout_s`` limits each test (default: the config's)."""
+        """Run ``program`` against ``tests``; ``timeout_s`` limits each test (default: the config's; see
+        :mod:`btp_ray.execution.jobs` for the job's time budget)."""
         return self.run_job(ExecutionJob(program=program, tests=tests, test_setup=test_setup, timeout_s=timeout_s))
 
     def run_many(self, jobs: Iterable[ExecutionJob]) -> list[ExecutionResult]:
@@ -198,7 +187,7 @@ class Sandbox:
                 wall_s=time.monotonic() - started,
             )
         try:
-            mode, instructions, checks = compile_tests(job.tests)
+            plan = self._plan(job)
         except TestSpecError as exc:
             return ExecutionResult(
                 ExecutionStatus.ERROR,
@@ -209,7 +198,7 @@ class Sandbox:
             )
         for attempt in range(2):
             try:
-                return _JobRun(self, job, mode, instructions, checks, started).execute()
+                return JobRun(self.request, self.config, job, plan, started).execute()
             except _ServerDied as exc:
                 logger.error("sandbox server died (attempt %d): %s; restarting it", attempt + 1, exc)
                 self._kill_server()
@@ -221,6 +210,20 @@ class Sandbox:
             error="the sandbox server died twice while running this job",
             wall_s=time.monotonic() - started,
         )
+
+    def _plan(self, job: ExecutionJob) -> TestPlan:
+        """The job's compiled tests, cached: a batch usually holds many programs for the same problem."""
+        key = (
+            job.test_setup,
+            *((t.kind, t.code, t.setup, t.stdin, t.fn_name, repr((t.args, t.expected_output))) for t in job.tests),
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = compile_tests(job.tests, job.test_setup)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
+        return plan
 
     def _invalid_input(self, job: ExecutionJob) -> str:
         if not job.tests:
@@ -237,21 +240,21 @@ class Sandbox:
         return ""
 
     # ------------------------------------------------------------------------------------------------ protocol
-    def _address_space_bytes(self) -> int:
-        return self.config.memory_limit_mb << 20
-
-    def request(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """One raw run in the server (trusted data in, raw capture out)."""
-        self._send(request)
+    def request(
+        self, control: dict[str, Any], child_body: bytes, judge_body: bytes, timeout_s: float
+    ) -> dict[str, Any]:
+        """One raw run in the server: the control message, the program child's request and the judge's (empty for
+        none) in; the raw capture out. Trusted data only: the verdict is made from it by :class:`JobRun`."""
+        self._send(control, child_body, judge_body)
         return self._recv(timeout_s + _REPLY_GRACE_S)
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: dict[str, Any], *bodies: bytes) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise _ServerDied("no server")
-        body = json.dumps(message).encode()
+        frames = [json.dumps(message).encode(), *bodies]
         try:
-            proc.stdin.write(struct.pack(">I", len(body)) + body)
+            proc.stdin.write(b"".join(struct.pack(">I", len(body)) + body for body in frames))
             proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise _ServerDied(f"cannot write to the server: {exc}") from exc
@@ -291,202 +294,3 @@ def _kill_process(proc: subprocess.Popen[bytes], scratch_root: str | None = None
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
-
-
-class _JobRun:
-    """The runs of one job in the server and the verdict built from them."""
-
-    def __init__(
-        self,
-        sandbox: Sandbox,
-        job: ExecutionJob,
-        mode: str,
-        instructions: list[dict[str, Any]],
-        checks: list[Check],
-        started: float,
-    ) -> None:
-        self.sandbox = sandbox
-        self.config = sandbox.config
-        self.job = job
-        self.mode = mode
-        self.instructions = instructions
-        self.checks = checks
-        self.started = started
-        self.deadline = started + self.config.max_job_s
-        self.timeout_s = job.timeout_s or self.config.timeout_s
-        self.outcomes: list[Outcome | None] = [None] * len(job.tests)
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.load_failure: Outcome | None = None
-
-    def execute(self) -> ExecutionResult:
-        if self.mode == "stdio":
-            self._run_stdio()
-        else:
-            self._run_asserts()
-        return self._result()
-
-    def _raw_run(self, start: int, stdin: str | None) -> dict[str, Any] | None:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        keep = self.config.max_output_bytes if stdin is not None else self.config.keep_output_bytes
-        request = {
-            "op": "run",
-            "mode": self.mode,
-            "program": self.job.program,
-            "test_setup": self.job.test_setup,
-            "tests": self.instructions,
-            "start": start,
-            "stdin": stdin,
-            "load_timeout_s": self.timeout_s,
-            "test_timeout_s": self.timeout_s,
-            "deadline_s": remaining,
-            "limits": {
-                "address_space_bytes": self.sandbox._address_space_bytes(),
-                "cpu_seconds": int(remaining) + 2,
-                "file_size_bytes": self.config.max_file_mb << 20,
-                "open_files": self.config.max_open_files,
-                "processes": self.config.max_processes,
-                "keep_output_bytes": keep,
-                "max_output_bytes": self.config.max_output_bytes,
-                "max_result_bytes": _MAX_RESULT_BYTES,
-            },
-        }
-        raw = self.sandbox.request(request, remaining)
-        if "sandbox_error" in raw:
-            raise _ServerDied(raw["sandbox_error"])
-        self.stdout.append(raw["stdout"])
-        self.stderr.append(raw["stderr"])
-        return raw
-
-    def _run_asserts(self) -> None:
-        start = 0
-        total = len(self.checks)
-        while start < total:
-            raw = self._raw_run(start, None)
-            if raw is None:
-                break
-            events = raw["events"]
-            failure = _program_failure(events, raw, self.timeout_s)
-            if failure is not None:
-                self.load_failure = failure
-                return
-            last_begun = None
-            for event in events:
-                k = event.get("k")
-                if type(k) is not int or not start <= k < total or self.outcomes[k] is not None:
-                    continue
-                kind = event.get("e")
-                if kind == "begin":
-                    last_begun = k
-                elif kind in ("value", "ok", "fail"):
-                    self.outcomes[k] = self._judge(k, event)
-            pending = next((k for k in range(start, total) if self.outcomes[k] is None), None)
-            if pending is None:
-                return
-            culprit = last_begun if last_begun is not None and self.outcomes[last_begun] is None else pending
-            self.outcomes[culprit] = _termination_outcome(raw, self.timeout_s, "the test")
-            start = culprit + 1
-
-    def _judge(self, k: int, event: dict[str, Any]) -> Outcome:
-        check = self.checks[k]
-        kind = event.get("e")
-        if kind == "fail":
-            status = ExecutionStatus.MEMORY_LIMIT if event.get("mem") is True else ExecutionStatus.FAILED
-            return False, status, str(event.get("err", "failed"))[:2000]
-        if kind == "ok":
-            if check.mode == "inprocess":
-                return True, ExecutionStatus.PASSED, ""
-            return False, ExecutionStatus.FAILED, "no value was reported for this test"
-        if check.mode == "inprocess":
-            return False, ExecutionStatus.FAILED, "a value was reported for a statement test"
-        try:
-            value = decode_value(event.get("v"))
-        except UnreportableValue as exc:
-            return False, ExecutionStatus.FAILED, str(exc)
-        ok, reason = judge_value(check, value)
-        return ok, ExecutionStatus.PASSED if ok else ExecutionStatus.FAILED, reason
-
-    def _run_stdio(self) -> None:
-        for k, test in enumerate(self.job.tests):
-            raw = self._raw_run(0, test.stdin)
-            if raw is None:
-                return
-            events = raw["events"]
-            compile_error = next((e for e in events if e.get("e") == "compile_error"), None)
-            if compile_error is not None:
-                self.load_failure = (False, ExecutionStatus.ERROR, str(compile_error.get("err"))[:2000])
-                return
-            runtime_error = next((e for e in events if e.get("e") == "load_error"), None)
-            clean_exit = raw["exit_code"] == 0 and not raw["timed_out"] and not raw["output_limit"]
-            if runtime_error is not None:
-                status = ExecutionStatus.MEMORY_LIMIT if runtime_error.get("mem") is True else ExecutionStatus.FAILED
-                self.outcomes[k] = (False, status, str(runtime_error.get("err"))[:2000])
-            elif not clean_exit:
-                self.outcomes[k] = _termination_outcome(raw, self.timeout_s, "the program")
-            elif stdio_equal(raw["stdout"], self.checks[k].expected):
-                self.outcomes[k] = (True, ExecutionStatus.PASSED, "")
-            else:
-                self.outcomes[k] = (False, ExecutionStatus.FAILED, "wrong output")
-
-    def _result(self) -> ExecutionResult:
-        total = len(self.checks)
-        if self.load_failure is not None:
-            outcomes: list[Outcome] = [self.load_failure] * total
-            status, error = self.load_failure[1], self.load_failure[2]
-        else:
-            outcomes = [
-                o if o is not None else (False, ExecutionStatus.TIMEOUT, "not run: the job's time budget ran out")
-                for o in self.outcomes
-            ]
-            first_failure = next(((k, o) for k, o in enumerate(outcomes) if not o[0]), None)
-            if first_failure is None:
-                status, error = ExecutionStatus.PASSED, ""
-            else:
-                k, (_, status, reason) = first_failure
-                error = f"test {k}: {reason}"
-        keep = self.config.keep_output_bytes
-        return ExecutionResult(
-            status=status,
-            per_test=tuple(o[0] for o in outcomes),
-            per_test_status=tuple(o[1] for o in outcomes),
-            stdout=_cap("".join(self.stdout), keep),
-            stderr=_cap("".join(self.stderr), keep),
-            wall_s=time.monotonic() - self.started,
-            error=error,
-        )
-
-
-def _program_failure(events: list[dict[str, Any]], raw: dict[str, Any], timeout_s: float) -> Outcome | None:
-    """Why the program did not load, or None if it did."""
-    for event in events:
-        kind = event.get("e")
-        if kind == "loaded":
-            return None
-        if kind == "compile_error":
-            return False, ExecutionStatus.ERROR, str(event.get("err"))[:2000]
-        if kind == "load_error":
-            status = ExecutionStatus.MEMORY_LIMIT if event.get("mem") is True else ExecutionStatus.ERROR
-            return False, status, str(event.get("err"))[:2000]
-    outcome = _termination_outcome(raw, timeout_s, "the program")
-    if outcome[1] is ExecutionStatus.CRASHED and raw["signal"] is None:
-        return False, ExecutionStatus.ERROR, f"the program exited with code {raw['exit_code']} while loading"
-    return outcome
-
-
-def _termination_outcome(raw: dict[str, Any], timeout_s: float, what: str) -> Outcome:
-    if raw["timed_out"]:
-        return False, ExecutionStatus.TIMEOUT, f"{what} ran past the {timeout_s:g} s time limit"
-    if raw["output_limit"]:
-        return False, ExecutionStatus.OUTPUT_LIMIT, f"{what} exceeded the output limit"
-    sig = raw["signal"]
-    if sig is not None:
-        if sig == signal.SIGXCPU:
-            return False, ExecutionStatus.TIMEOUT, f"{what} ran past its CPU time limit"
-        return False, ExecutionStatus.CRASHED, f"{what} was killed by signal {sig}"
-    return False, ExecutionStatus.CRASHED, f"{what} exited with code {raw['exit_code']} before reporting a result"
-
-
-def _cap(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + f"\n... [{len(text) - limit} more characters cut]"

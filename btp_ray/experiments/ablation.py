@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from btp_ray.config import to_dict
 from btp_ray.data.types import Problem
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.experiments.common import RUN_INFO, collected_cost, evaluate_greedy, run_record, write_json
@@ -22,6 +23,8 @@ from btp_ray.experiments.stats import mean_ci
 from btp_ray.experiments.training import Trainer, TrainerKind
 from btp_ray.metrics import CostRecord
 from btp_ray.replay import Experience, ReplayBuffer, ReplayConfig, Strategy, p2value
+from btp_ray.tracking import TrackingConfig, flatten_metrics, flatten_params
+from btp_ray.tracking.studies import log_study_run, study_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,18 @@ class Arm(str, enum.Enum):
     POSSIBILITY_ONLY = "possibility_only"  # α = 1: the possibility alone
     UNIFORM = "uniform"  # replay without priorities
     NO_REPLAY = "no_replay"  # the filter baseline: fully passing candidates only
+    REFERENCES_ONLY = "references_only"  # uniform over the pool's correct reference solutions (mixed pools)
+
+
+# The arms a study runs unless told otherwise (references only needs a pool with references in it).
+DEFAULT_ARMS = (
+    Arm.P2VALUE_POWER,
+    Arm.P2VALUE_RANK,
+    Arm.PASS_RATE_ONLY,
+    Arm.POSSIBILITY_ONLY,
+    Arm.UNIFORM,
+    Arm.NO_REPLAY,
+)
 
 
 class ArmStatus(str, enum.Enum):
@@ -67,7 +82,7 @@ class AblationSettings:
     degenerates to uniform, which is what its scores say.
     """
 
-    arms: tuple[Arm, ...] = tuple(Arm)
+    arms: tuple[Arm, ...] = DEFAULT_ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: int | None = None
     trainer: TrainerKind = TrainerKind.LOCAL
@@ -102,6 +117,7 @@ def arm_replay_config(arm: Arm, base: ReplayConfig, seed: int, floor: float = 0.
         Arm.POSSIBILITY_ONLY: (Strategy.POSSIBILITY, 1.0),
         Arm.UNIFORM: (Strategy.UNIFORM, base.alpha),
         Arm.NO_REPLAY: (Strategy.UNIFORM, base.alpha),
+        Arm.REFERENCES_ONLY: (Strategy.UNIFORM, base.alpha),
     }[arm]
     return replace(base, strategy=strategy, alpha=alpha, seed=seed, epsilon=max(base.epsilon, floor))
 
@@ -140,7 +156,9 @@ def draw_batch(
     floor: float = 0.0,
 ) -> ArmDraw:
     """Fill the arm's buffer from ``pool`` and draw ``budget`` examples (with replacement, as BTP does)."""
-    experiences = pool.experiences(problems)
+    experiences = pool.experiences(problems, sources=("reference",) if arm is Arm.REFERENCES_ONLY else None)
+    if arm is Arm.REFERENCES_ONLY and not experiences:
+        return ArmDraw(arm=arm, seed=seed, pool_digest=pool.digest, status=ArmStatus.NO_DATA)
     if arm is Arm.NO_REPLAY:
         experiences = [e for e in experiences if e.passed]
         if not experiences:
@@ -197,7 +215,7 @@ class AblationStudy:
 
     def build_pool(self) -> CandidatePool:
         pool, collected = build_pool(
-            self.pools.sampler,
+            self.pools.source,
             self.pools.executor,
             self.train_problems,
             self.config.generation,
@@ -217,10 +235,12 @@ class AblationStudy:
         pool = pool or self.build_pool()
         base_eval = self._evaluate(None) if self.eval_problems else None
         rows = []
+        tracking = study_tracking(self.config.tracking, self.output_dir)
         for seed in self.settings.seeds:
             for arm in self.settings.arms:
                 rows.append(self._run_arm(arm, seed, pool, base_eval))
                 write_json(self.output_dir / "ablation_rows.json", rows)  # progress survives a crash
+                self._track(tracking, rows[-1])
         results = {
             "experiment": "ablation",
             "model": self.config.sampling.model,
@@ -262,7 +282,11 @@ class AblationStudy:
             "metrics": draw.batch_metrics(self.config.replay.alpha),
         }
         if draw.status is ArmStatus.NO_DATA:
-            row["note"] = "no candidate in the pool passes every test: the filter arm has nothing to train on"
+            row["note"] = (
+                "the pool holds no reference solution: the references-only arm has nothing to train on"
+                if arm is Arm.REFERENCES_ONLY
+                else "no candidate in the pool passes every test: the filter arm has nothing to train on"
+            )
             logger.warning("ablation %s: %s", name, row["note"])
             return row
         try:
@@ -282,6 +306,22 @@ class AblationStudy:
             row["error"] = f"{type(exc).__name__}: {exc}"
         logger.info("ablation %s: %s", name, {k: round(v, 4) for k, v in row["metrics"].items()})
         return row
+
+    def _track(self, tracking: TrackingConfig, row: dict[str, Any]) -> None:
+        """The arm as its own tracked run in the study's experiment."""
+        if not tracking.backends:
+            return
+        params = {"study": "ablation", "arm": row["arm"], "seed": row["seed"], "status": row["status"]}
+        params |= {"budget": self.budget, "pool_digest": row["pool_digest"]}
+        params |= flatten_params({"replay": to_dict(self.config.replay), "training": to_dict(self.config.training)})
+        log_study_run(
+            tracking,
+            run_name=f"ablation-{row['arm']}-seed{row['seed']}",
+            group="ablation",
+            store_dir=self.output_dir,
+            params=params,
+            metrics=flatten_metrics({k: row[k] for k in ("metrics", "eval", "buffer_size") if k in row}),
+        )
 
     def _evaluate(self, baseline_accuracy: float | None) -> dict[str, Any]:
         summary, collected = evaluate_greedy(

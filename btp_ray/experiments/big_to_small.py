@@ -1,4 +1,5 @@
-"""The big-to-small run: a source model (an API model, or a big local one) samples candidates; a small local target is
+"""The big-to-small run: a source (an API model, a big local one, or existing programs: a samples file from a big
+model's run elsewhere, the training problems' references) provides candidates; a small local target is
 fine-tuned on them through the BTP pipeline; the target is evaluated on the held-out problems before and after, with
 RSR (the share of its remaining failures fixed) against its own before-score.
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from btp_ray.experiment_config import ExperimentConfig, Mode
 from btp_ray.experiments.common import RUN_INFO, run_record, write_json
+from btp_ray.models import ModelKind
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,10 @@ def big_to_small_config(config: ExperimentConfig, target_model: str | None = Non
         raise BigToSmallError("big-to-small needs a local target model to fine-tune: pass --target-model")
     if config.training is None:
         raise BigToSmallError("big-to-small needs the training section of the config (the target's fine-tuning)")
-    api_source = config.sampling.model_spec().kind.is_api
-    mode = Mode.HYBRID if api_source else Mode.FINETUNE
+    # An API model or existing programs (samples file, references) sample through hybrid mode; a local model through
+    # finetune mode.
+    local_source = config.sampling.model_spec().kind is ModelKind.LOCAL
+    mode = Mode.FINETUNE if local_source else Mode.HYBRID
     resources = config.resources
     if target != config.sampling.model:
         resources = dataclasses.replace(resources, sampler_cpus=resources.sampler_cpus / 2)
@@ -60,6 +64,7 @@ def big_to_small_config(config: ExperimentConfig, target_model: str | None = Non
         mode=mode,
         n_iterations=max(1, config.n_iterations),
         training=dataclasses.replace(config.training, base_model=target),
+        sampling=config.sampling if local_source else dataclasses.replace(config.sampling, scorer_model=target),
         resources=resources,
     )
 

@@ -171,7 +171,7 @@ def hyperparam_main(argv: Sequence[str] | None = None) -> int:
         pool = CandidatePool.load(args.pool)
     else:
         with open_pools(config) as pools:
-            pool, _ = build_pool(pools.sampler, pools.executor, train, config.generation,
+            pool, _ = build_pool(pools.source, pools.executor, train, config.generation,
                                  batch_size=config.problem_batch_size)  # fmt: skip
         pool.save(output_dir / "candidate_pool.json")
     results = run_hyperparam_study(

@@ -52,13 +52,24 @@ def init_ray_for(config: ExperimentConfig, address: str | None = None, *, dashbo
 
 @dataclass
 class Pools:
-    """A sampler pool and a sandbox pool on Ray; ``close`` stops both."""
+    """A sampler pool (the model evaluated and fine-tuned), a sandbox pool, and the source a study's candidate pool is
+    built from: the sampler itself, or a program source (``references``, ``samples:PATH``, mixed with ``self``);
+    ``close`` stops them all."""
 
     sampler: Any
     executor: Any
+    source: Any = None
+    programs: Any = None  # the program source's own actor pool, when there is one
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = self.sampler
 
     def close(self) -> None:
-        for closer in (self.sampler.close, self.executor.close):
+        closers = [self.sampler.close, self.executor.close]
+        if self.programs is not None:
+            closers.insert(0, self.programs.close)
+        for closer in closers:
             try:
                 closer()
             except Exception as exc:  # best effort: results are already on disk
@@ -73,9 +84,16 @@ class Pools:
 
 def open_pools(config: ExperimentConfig, model: str | None = None) -> Pools:
     """Start the sampler actors (for ``model``, default the config's source) and the executors (needs Ray)."""
-    from btp_ray.pipeline.services import executor_pool, local_sampler_config, sampler_pool
+    from btp_ray.pipeline.services import MixedSampling, executor_pool, local_sampler_config, sampler_pool
+    from btp_ray.sources.spec import SourceSpec
 
+    spec = SourceSpec.parse(config.sampling.model)
+    if spec is not None and model is None:
+        if config.training is None:
+            raise ValueError(f"sampling.model: the program source {config.sampling.model!r} needs --target-model")
+        model = config.training.base_model
     executor = executor_pool(config)
+    started: list[Any] = []
     try:
         sampling = config.sampling
         if model is not None and model != sampling.model:
@@ -83,10 +101,18 @@ def open_pools(config: ExperimentConfig, model: str | None = None) -> Pools:
         elif not sampling.model_spec().kind.is_api:
             sampling = dataclasses.replace(sampling, enable_lora=True)
         sampler = sampler_pool(config, sampling)
+        started.append(sampler)
+        if spec is None:
+            return Pools(sampler=sampler, executor=executor)
+        programs = sampler_pool(config, config.sampling)
+        started.append(programs)
+        source = MixedSampling(programs, sampler) if spec.self_samples else programs
+        return Pools(sampler=sampler, executor=executor, source=source, programs=programs)
     except BaseException:
+        for pool in started:
+            pool.close()
         executor.close()
         raise
-    return Pools(sampler=sampler, executor=executor)
 
 
 def run_record(config: Any, seeds: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:

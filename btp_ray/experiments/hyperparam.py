@@ -32,6 +32,7 @@ from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.experiments.common import RUN_INFO, run_record, write_json
 from btp_ray.experiments.pool import CandidatePool
 from btp_ray.replay import ReplayBuffer, Strategy
+from btp_ray.tracking.studies import study_tracking, tune_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -420,6 +421,7 @@ def run_hyperparam_study(
             grace_period=min(settings.grace_period, steps + 1),
             reduction_factor=2,
         )
+    tracking = study_tracking(config.tracking, output_dir)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(tune_trainable, context=context), {"cpu": settings.cpus_per_trial}),
         param_space={"knobs": tune.grid_search(configs)},
@@ -428,6 +430,7 @@ def run_hyperparam_study(
             name="hyperparameter_study",
             storage_path=str(output_dir / "tune"),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            callbacks=tune_callbacks(tracking, output_dir, "hyperparam"),  # one tracked run per trial
             verbose=0,
         ),
     )

@@ -34,6 +34,7 @@ class PoolEntry:
     possibility: float | None
     status: str
     sampler: str
+    source: str = "model"  # Candidate.source: model, samples, reference, incorrect_reference
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "per_test", tuple(bool(v) for v in self.per_test))
@@ -101,12 +102,17 @@ class CandidatePool:
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
-    def experiences(self, problems: Sequence[Problem]) -> list[Experience]:
+    def experiences(self, problems: Sequence[Problem], sources: Sequence[str] | None = None) -> list[Experience]:
+        """Replay records of the pool's entries (only those from ``sources``, when given)."""
         by_id = {p.task_id: p for p in problems}
         missing = set(self.problem_ids) - set(by_id)
         if missing:
             raise ValueError(f"the pool needs the problems {sorted(missing)}")
-        return [entry.to_experience(by_id[entry.task_id]) for entry in self.entries]
+        return [
+            entry.to_experience(by_id[entry.task_id])
+            for entry in self.entries
+            if sources is None or entry.source in sources
+        ]
 
     def summary(self) -> dict[str, Any]:
         passing = [e for e in self.entries if e.passed]
@@ -118,6 +124,16 @@ class CandidatePool:
             "problems_with_a_full_pass": len({e.task_id for e in passing}),
             "mean_pass_rate": sum(e.pass_rate for e in self.entries) / len(self.entries) if self.entries else 0.0,
             "candidates_per_problem": self.generation.get("num_candidates"),
+            "by_source": {
+                source: {
+                    "candidates": len(entries),
+                    "fully_passing": sum(1 for e in entries if e.passed),
+                    "mean_pass_rate": sum(e.pass_rate for e in entries) / len(entries),
+                    "mean_possibility": _mean([e.possibility for e in entries if e.possibility is not None]),
+                }
+                for source in sorted({e.source for e in self.entries})
+                for entries in [[e for e in self.entries if e.source == source]]
+            },
         }
 
     def save(self, path: str | Path) -> Path:
@@ -165,9 +181,14 @@ class CandidatePool:
                         possibility=candidate.possibility,
                         status=result.status.value,
                         sampler=str(candidate.sampler),
+                        source=candidate.source,
                     )
                 )
         return cls(generation=generation, problem_ids=tuple(p.task_id for p in problems), entries=tuple(entries))
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def build_pool(

@@ -15,6 +15,7 @@ hyperparameter study (sampled and tested once for both).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -31,6 +32,7 @@ from btp_ray.experiments.hyperparam import HyperparamSettings, run_hyperparam_st
 from btp_ray.experiments.pool import CandidatePool, build_pool
 from btp_ray.experiments.report import write_report
 from btp_ray.pipeline.runner import load_split
+from btp_ray.tracking.studies import study_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +89,10 @@ class Suite:
     """Runs the chosen steps in order (the Ray session must be up) and writes the report."""
 
     def __init__(self, config: ExperimentConfig, settings: SuiteSettings, output_dir: Path) -> None:
-        self.config = config
-        self.settings = settings
         self.root = output_dir.resolve()
+        # One tracking store and experiment for every step: arms, trials and BTP runs compare side by side.
+        self.config = dataclasses.replace(config, tracking=study_tracking(config.tracking, self.root))
+        self.settings = settings
         self.steps: dict[str, dict[str, Any]] = {}
         self._pool: CandidatePool | None = None
 
@@ -105,7 +108,7 @@ class Suite:
                 if Step.ABLATION in self.settings.steps:
                     self._step(Step.ABLATION, lambda d: self._ablation(pools, train, evaluation, d))
                 if Step.HYPERPARAM in self.settings.steps and self._pool is None:
-                    self._pool, _ = build_pool(pools.sampler, pools.executor, train, self.config.generation,
+                    self._pool, _ = build_pool(pools.source, pools.executor, train, self.config.generation,
                                                batch_size=self.config.problem_batch_size)  # fmt: skip
         if Step.HYPERPARAM in self.settings.steps:
             self._step(Step.HYPERPARAM, lambda d: self._hyperparam(train, evaluation, d))

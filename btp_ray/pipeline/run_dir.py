@@ -3,7 +3,8 @@
 Layout (the original suite's, extended)::
 
     <run>/config.yaml          resolved config, no secrets
-    <run>/environment.json     package versions, git commit, hardware, command line
+    <run>/environment.json     package versions, git commit, hardware, command line, and which sampler backend,
+                               strategy and beam-search implementation produce the candidates ("sampling")
     <run>/state.json           completed phases per iteration (what --resume continues from)
     <run>/candidates.jsonl     every candidate with its test results, possibility and P2Value (append-only)
     <run>/metrics.json         per-iteration metrics and phase timings
@@ -35,6 +36,7 @@ from typing import Any
 from btp_ray.config import dump_yaml, load_yaml
 from btp_ray.experiment_config import ExperimentConfig, build_experiment_config
 from btp_ray.io import atomic_write_json
+from btp_ray.sampling.config import sampling_record
 
 CANDIDATES = "candidates.jsonl"
 STATE = "state.json"
@@ -90,7 +92,8 @@ class RunDirectory:
         for sub in ("buffer", "adapters", "logs"):
             (run.path / sub).mkdir(parents=True, exist_ok=True)
         dump_yaml(config, run.path / CONFIG)
-        atomic_write_json(run.path / ENVIRONMENT, environment_record())
+        sampling = sampling_record(config.sampling, config.generation.strategy.value)
+        atomic_write_json(run.path / ENVIRONMENT, {**environment_record(), "sampling": sampling})
         run.save_state(RunState())
         return run
 

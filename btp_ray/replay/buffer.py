@@ -30,7 +30,7 @@ import numpy as np
 
 from btp_ray.replay import kernels
 from btp_ray.replay.config import Eviction, ReplayConfig, Strategy
-from btp_ray.replay.experience import Experience, dedup_key, p2value, possibility_from_logprob
+from btp_ray.replay.experience import Experience, dedup_key, possibility_from_logprob, scored
 from btp_ray.replay.rank import RankOrder
 from btp_ray.replay.trees import DeferredArgmin, SumTree
 
@@ -458,12 +458,7 @@ class ReplayBuffer:
 
     # ----------------------------------------------------------------------------------------------- internals
     def _normalise(self, record: Experience) -> Experience:
-        possibility = record.possibility
-        if record.mean_token_logprob is not None:
-            possibility = possibility_from_logprob(
-                record.mean_token_logprob, record.token_count, self.config.possibility
-            )
-        value = p2value(possibility, record.pass_rate, self.config.alpha)
+        possibility, value = scored(record, self.config.alpha, self.config.possibility)
         if possibility == record.possibility and value == record.p2value:
             return record
         return _with_fields(record, {"possibility": possibility, "p2value": value})

@@ -79,6 +79,15 @@ def possibility_from_logprob(
     return math.exp(mean_token_logprob * token_count)
 
 
+def scored(record: Experience, alpha: float, mode: PossibilityMode | str) -> tuple[float | None, float]:
+    """``(possibility, P2Value)`` of ``record`` under a run's α and possibility mode: the one place both are
+    computed for a tested program (the replay buffer samples by it, the candidate log records it)."""
+    possibility = record.possibility
+    if record.mean_token_logprob is not None:
+        possibility = possibility_from_logprob(record.mean_token_logprob, record.token_count, mode)
+    return possibility, p2value(possibility, record.pass_rate or 0.0, alpha)
+
+
 def dedup_form(code: str) -> str:
     """The form under which two programs count as identical: line endings unified, trailing whitespace and blank
     lines dropped. Comments and indentation are kept: they change what the model is trained on."""

@@ -80,6 +80,10 @@ def build_sampler(config: SamplerConfig, *, api_key: str | None = None) -> Sampl
         from btp_ray.sampling.openai_sampler import OpenAISampler
 
         return OpenAISampler(config, api_key=api_key)
+    if backend is Backend.PROGRAMS:
+        from btp_ray.sources.programs import ProgramSource
+
+        return ProgramSource(config)
     if backend is Backend.VLLM:
         from btp_ray.sampling.vllm_sampler import VLLMSampler
 

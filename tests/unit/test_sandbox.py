@@ -39,7 +39,12 @@ def sandbox():
 # --------------------------------------------------------------------------------------------- trusted-side checks
 def test_compile_assert_keeps_the_literal_outside_the_sandbox():
     instruction, check = compile_assert("assert candidate([1, 2]) == [2, 1], 'msg'", "candidate = f", 0)
-    assert instruction == {"kind": "value", "expr": "candidate([1, 2])", "setup": "candidate = f"}
+    assert instruction == {
+        "kind": "call",
+        "fn": "f",
+        "args": ["t", [["l", [["i", "1"], ["i", "2"]]]]],
+        "kwargs": ["d", []],
+    }
     assert check == Check("compare", "Eq", [2, 1])
     _, mirrored = compile_assert("assert 3 < g(1)", "", 0)
     assert mirrored == Check("compare", "Gt", 3)
@@ -47,10 +52,22 @@ def test_compile_assert_keeps_the_literal_outside_the_sandbox():
     assert negated.mode == "falsy"
     _, identity = compile_assert("assert h(0) is None", "", 0)
     assert identity == Check("identity", "Is", None)
-    statement, inprocess = compile_assert("for i in range(3):\n    assert f(i) == i", "", 0)
-    assert statement["kind"] == "exec" and inprocess.mode == "inprocess"
     with pytest.raises(TestSpecError, match="test 4 does not parse"):
         compile_assert("assert f(1) ==", "", 4)
+
+
+def test_tests_that_are_not_direct_calls_go_to_the_judge_with_the_names_they_need():
+    statement, check = compile_assert(
+        "for i in range(3):\n    assert f(i) == helper(i)", "g = f", 0, "def helper(x):\n    return x"
+    )
+    assert check.mode == "judge" and statement["kind"] == "judge"
+    assert statement["names"] == ["f"]  # range is the judge's builtin, helper the test's own, i and g bound here
+    computed, check = compile_assert("assert abs(candidate(1.5) - 2.25) < 1e-6", "candidate = f", 0)
+    assert check.mode == "judge" and computed["names"] == ["f"]
+    shadowed, check = compile_assert("assert helper(2) == 2", "", 0, "def helper(x):\n    return x")
+    assert check.mode == "judge" and shadowed["names"] == []  # the test's helper, never the program's
+    imported, check = compile_assert("assert sqrt(4) == 2", "from math import sqrt", 0)
+    assert check.mode == "judge" and imported["names"] == []
 
 
 def test_decode_value_round_trips_builtins_and_refuses_objects():
@@ -134,6 +151,9 @@ def test_call_based_tests_compare_returned_values(sandbox):
     tests = [TestCase.call("pair", [1, 2], [2, 1]), TestCase.call("pair", [1, 2], [1, 2])]
     result = sandbox.run(program, tests)
     assert result.per_test == (True, False)
+    # Same calls, other expected outputs: the compiled tests are cached per problem, expected values included.
+    swapped = [TestCase.call("pair", [1, 2], [1, 2]), TestCase.call("pair", [1, 2], [2, 1])]
+    assert sandbox.run(program, swapped).per_test == (False, True)
 
 
 def test_numpy_scalars_and_namedtuples_compare_like_builtins(sandbox):

@@ -26,6 +26,7 @@ import pytest
 
 from btp_ray.data.types import TestCase
 from btp_ray.execution import ExecutionStatus, IsolationLevel, Sandbox, SandboxConfig, _server
+from tests.sandbox_helpers import settled
 
 pyseccomp = pytest.importorskip("pyseccomp")
 
@@ -199,12 +200,18 @@ def test_landlock_applied_while_the_child_waits_still_confines_the_jobs_writes_t
             return errno.errorcode.get(exc.errno, str(exc.errno))
 
         here = os.getcwd()
+
+        def home_and_tmp_are_here():
+            return os.environ['HOME'] == os.environ['TMPDIR'] == here
+
+        def write_in(where, name):
+            return write(os.path.join(here if where == "here" else os.path.dirname(here), name))
         """
     )
-    tests = [
-        TestCase.assertion("assert os.environ['HOME'] == os.environ['TMPDIR'] == here"),
-        TestCase.assertion("assert write(os.path.join(here, 'mine.txt')) == 'ok'"),
-        TestCase.assertion("assert write(os.path.join(os.path.dirname(here), 'beside.txt')) == 'EACCES'"),
+    tests = [  # the program reports what it sees: the tests' own code runs in the judge, not in the job
+        TestCase.assertion("assert home_and_tmp_are_here() is True"),
+        TestCase.assertion("assert write_in('here', 'mine.txt') == 'ok'"),
+        TestCase.assertion("assert write_in('beside', 'beside.txt') == 'EACCES'"),
         TestCase.assertion("assert write('/tmp/outside.txt') == 'EACCES'"),
         TestCase.assertion("assert write('/dev/null') == 'ok'"),
     ]
@@ -227,8 +234,8 @@ def test_the_prepared_child_waits_as_root_and_a_dead_one_is_replaced():
         assert box.run("def f(x):\n    return x * x\n", square).status is ExecutionStatus.PASSED
         server = box.server_pid
         assert server is not None
-        prepared = _children(server)
-        assert [uid for _, uid in prepared] == [0]  # one child, waiting for the next job, not yet the sandbox uid
+        prepared = settled(lambda: [uid for _, uid in _children(server)], lambda uids: uids == [0])
+        assert prepared == [0]  # one child, waiting for the next job, not yet the sandbox uid
         for settle in (True, False):  # killed well before the job is sent, or while it is being sent
             victim = _children(server)[0][0]
             os.kill(victim, signal.SIGKILL)
@@ -301,7 +308,7 @@ def test_scratch_is_a_capped_in_memory_filesystem_private_to_the_server():
         # The owner's own view of the directory never held a job's files; the server's view is empty after the job.
         assert os.listdir(root) == []
         assert box.scratch_view == f"/proc/{box.server_pid}/root{root}"
-        (next_job,) = os.listdir(box.scratch_view)
+        (next_job,) = settled(lambda: os.listdir(box.scratch_view), lambda entries: len(entries) == 1)
         assert os.listdir(os.path.join(box.scratch_view, next_job)) == []
     assert not os.path.exists(root)
 
@@ -368,7 +375,8 @@ def test_a_job_gets_its_own_limits_when_they_differ_from_those_set_ahead_for_it(
     config = SandboxConfig(isolation=IsolationLevel.FULL, timeout_s=1.0, max_job_s=20, memory_limit_mb=1024)
     with Sandbox(config) as box:
         program = "import resource, time\ndef cpu():\n    return resource.getrlimit(resource.RLIMIT_CPU)\n"
-        sleep, lower = TestCase.assertion("assert time.sleep(3) is None"), TestCase.assertion("assert cpu()[0] < 21")
+        program += "def nap():\n    time.sleep(3)\n"
+        sleep, lower = TestCase.assertion("assert nap() is None"), TestCase.assertion("assert cpu()[0] < 21")
         first = box.run(program, [sleep, lower])
         assert first.per_test_status == (ExecutionStatus.TIMEOUT, ExecutionStatus.PASSED), first.error
         full = box.run(program, [TestCase.assertion("assert cpu() == (21, 21)")])
