@@ -83,6 +83,6 @@ def test_experience_rejects_bad_fields(fields: dict) -> None:
         Experience(**{**base, **fields})
 
 
-def test_normalise_code_ignores_line_endings_trailing_space_and_blank_lines() -> None:
+def test_dedup_form_ignores_line_endings_trailing_space_and_blank_lines() -> None:
     assert dedup_form("def f():\r\n    return 1   \r\n\r\n") == dedup_form("def f():\n    return 1")
     assert dedup_form("def f():\n  return 1") != dedup_form("def f():\n    return 1")
