@@ -831,12 +831,12 @@ class Server:
                     while fd in open_fds and select.select([fd], [], [], 0)[0] and totals[fd] <= max_output:
                         chunk = os.read(fd, 1 << 16)
                         if not chunk:
-                            open_fds.discard(fd)
-                            poller.unregister(fd)
                             break
                         totals[fd] += len(chunk)
                         buffers[fd] += chunk[: max(0, keep - len(buffers[fd]))]
-                    open_fds.discard(fd)
+                    if fd in open_fds:
+                        open_fds.discard(fd)
+                        poller.unregister(fd)
             program_finished = program_done or not open_fds & {res_r, out_r, err_r}
             if program_over and program_finished and judge_over:
                 break
