@@ -1,7 +1,7 @@
 """The transformers backend: ``generate`` for beam search (deterministic), sampling and greedy decoding, with every
 returned sequence's per-token log-probs recomputed exactly by one teacher-forced forward pass.
 
-The seed's two defects are avoided by construction: beam search always runs with ``do_sample=False``, and
+The original suite's two defects are avoided by construction: beam search always runs with ``do_sample=False``, and
 possibility is ``exp(mean log-prob)`` of the generated tokens from the forward pass, not HF's already
 length-normalised ``sequences_scores`` divided by the length again.
 """
