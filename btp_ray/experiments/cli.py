@@ -29,12 +29,12 @@ def experiment_parser(prog: str, description: str, flags: Sequence[Flag] = BTP_F
 
 
 def _ablation_flags(parser: argparse.ArgumentParser) -> None:
-    from btp_ray.experiments.ablation import Arm
+    from btp_ray.experiments.ablation import DEFAULT_ARMS, Arm
     from btp_ray.experiments.training import TrainerKind
 
     group = parser.add_argument_group("ablation")
     group.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training/replay seeds (>= 3 for CIs)")
-    group.add_argument("--arms", nargs="+", choices=[a.value for a in Arm], default=[a.value for a in Arm])
+    group.add_argument("--arms", nargs="+", choices=[a.value for a in Arm], default=[a.value for a in DEFAULT_ARMS])
     group.add_argument(
         *flag_spellings("--budget"), type=int, default=None, help="examples per fit (default: --batch-size)"
     )

@@ -87,7 +87,7 @@ def test_main_experiment_all_writes_a_report_backed_by_the_results(tmp_path: Pat
     ablation = suite["steps"]["ablation"]["results"]
     pool = CandidatePool.load(out / "step3_ablation" / ablation["pool_file"])
     assert {r["pool_digest"] for r in ablation["rows"]} == {pool.digest}
-    assert len(ablation["rows"]) == len(ablation["settings"]["arms"]) * 3  # every arm the CLI runs, 3 seeds
+    assert len(ablation["rows"]) == 6 * 3  # the six default arms (references only is asked for by name), 3 seeds
     assert {t["metrics"].get("pool_digest") for t in suite["steps"]["hyperparam"]["results"]["trials"]} <= {
         pool.digest, None
     }  # fmt: skip
@@ -124,4 +124,4 @@ def test_main_experiment_all_writes_a_report_backed_by_the_results(tmp_path: Pat
         runs = client.search_runs([client.get_experiment_by_name(out.name).experiment_id], max_results=500)
         studies = [r.data.tags.get("btp.study") for r in runs]
         assert "step2_btp" in {r.info.run_name for r in runs}
-        assert studies.count("ablation") == len(ablation["rows"]) and studies.count("hyperparam") == 3
+        assert studies.count("ablation") == 6 * 3 and studies.count("hyperparam") == 3
