@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": "print the resolved config for the given flags",
         "datasets": "list the benchmark datasets and their sizes",
         "doctor": "check that the installation can run btp-ray",
+        "plan": "where samplers, learner ranks and sandboxes go on N GPU nodes, and the memory each GPU needs",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: btp {" + ",".join(commands) + "} [flags]\n")
@@ -234,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor_main()
     if command == "datasets":
         return _datasets()
+    if command == "plan":
+        from btp_ray.planning.cli import main as plan_main
+
+        return plan_main(rest)
     parser = build_btp_parser(f"btp {command}")
     args, config = parse_experiment_args(parser, rest)
     if command == "config" or args.print_config:
