@@ -18,6 +18,7 @@ from typing import Any
 
 from btp_ray.data.types import Problem
 from btp_ray.sampling.config import Backend, SamplerConfig
+from btp_ray.sampling.placement import EnginePlacement
 from btp_ray.sampling.types import Candidate, GenerationParams, SamplerError, SamplerIdentity
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ class SamplerWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this worker runs on (to check placement)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def close(self) -> None:
         self.sampler.close()
 
@@ -94,10 +101,19 @@ class PoolConfig:
 class SamplerPool:
     """A pool of sampler actors with the :class:`~btp_ray.sampling.base.Sampler`-like ``generate``.
 
-    Needs ``ray.init`` to have been called. Use as a context manager or call :meth:`shutdown`.
+    Needs ``ray.init`` to have been called. Use as a context manager or call :meth:`shutdown`. With ``placement``
+    (:class:`~btp_ray.sampling.placement.EnginePlacement`) there is one actor per engine placement group, on the
+    node the placement chose; the pool does not own the groups (``placement.remove()`` frees them).
     """
 
-    def __init__(self, config: SamplerConfig, pool: PoolConfig | None = None, *, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        config: SamplerConfig,
+        pool: PoolConfig | None = None,
+        *,
+        api_key: str | None = None,
+        placement: EnginePlacement | None = None,
+    ) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -107,10 +123,11 @@ class SamplerPool:
         self._next_actor = -1
         self._adapter: AdapterRef | None = None
         self._placement_groups: list[Any] = []
-        count = self.pool_config.num_actors or config.num_engines
-        self.actors = [self._start_actor(api_key) for _ in range(count)]
+        self._placement = placement
+        count = len(placement.groups) if placement is not None else self.pool_config.num_actors or config.num_engines
+        self.actors = [self._start_actor(api_key, index) for index in range(count)]
 
-    def _start_actor(self, api_key: str | None) -> Any:
+    def _start_actor(self, api_key: str | None, index: int = 0) -> Any:
         import ray
 
         backend = self.config.resolved_backend()
@@ -125,7 +142,16 @@ class SamplerPool:
             "max_task_retries": self.pool_config.max_task_retries,
         }
         tp = self.config.tensor_parallel_size
-        if local_gpu and backend is Backend.VLLM and tp > 1:
+        if self._placement is not None:
+            # In its engine's group: with TP > 1 vLLM's Ray workers take the bundles' GPUs; at TP 1 the actor
+            # itself holds bundle 0's share, so Ray sets its CUDA_VISIBLE_DEVICES to that one GPU.
+            share = self._placement.config.bundle_share if tp == 1 else 0.0
+            accelerator = self._placement.config.accelerator
+            options.update(num_gpus=share if accelerator == "GPU" else 0.0)
+            if accelerator != "GPU" and share:
+                options["resources"] = {accelerator: share}
+            options["scheduling_strategy"] = self._placement.scheduling_strategy(index)
+        elif local_gpu and backend is Backend.VLLM and tp > 1:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
