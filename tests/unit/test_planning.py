@@ -23,18 +23,9 @@ def _meta_numel(shape):
         config = GPT2Config(
             n_layer=shape.num_layers, n_embd=shape.hidden_size, n_head=shape.num_heads, vocab_size=shape.vocab_size
         )
-    elif "starcoder2" in shape.name:
-        config = Starcoder2Config(
-            num_hidden_layers=shape.num_layers,
-            hidden_size=shape.hidden_size,
-            num_attention_heads=shape.num_heads,
-            num_key_value_heads=shape.num_kv_heads,
-            vocab_size=shape.vocab_size,
-            intermediate_size=shape.intermediate_size,
-            tie_word_embeddings=shape.tie_embeddings,
-        )
     else:
-        config = LlamaConfig(
+        config_class = Starcoder2Config if "starcoder2" in shape.name else LlamaConfig
+        config = config_class(
             num_hidden_layers=shape.num_layers,
             hidden_size=shape.hidden_size,
             num_attention_heads=shape.num_heads,
