@@ -53,6 +53,12 @@ class SamplerWorker:
         self._adapter = adapter
         return self.sampler.identity
 
+    def reload_weights(self, path: str) -> float:
+        """Serve the full fine-tune saved in ``path`` from now on, without restarting; returns the seconds taken."""
+        from btp_ray.sampling.weights import reload_sampler_weights
+
+        return reload_sampler_weights(self.sampler, path)
+
     def identity(self) -> SamplerIdentity:
         return self.sampler.identity
 
@@ -216,6 +222,13 @@ class SamplerPool:
 
         self._adapter = AdapterRef(path=str(path), name=name)
         return ray.get([actor.load_adapter.remote(self._adapter) for actor in self.actors])
+
+    def reload_weights(self, path: str) -> list[float]:
+        """Every actor swaps in a full fine-tune's weights from ``path`` in place (the engines keep running); returns
+        each actor's seconds. An actor restarted later starts from the configured model again."""
+        import ray
+
+        return ray.get([actor.reload_weights.remote(str(path)) for actor in self.actors])
 
     def identities(self) -> list[SamplerIdentity]:
         import ray
