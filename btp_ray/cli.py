@@ -279,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "datasets": "list the benchmark datasets and their sizes",
         "doctor": "check that the installation can run btp-ray",
         "export": "write a run's adapter, or the merged model (--merge), ready to serve",
+        "plan": "where samplers, learner ranks and sandboxes go on N GPU nodes, and the memory each GPU needs",
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print("usage: btp {" + ",".join(commands) + "} [flags]\n")
@@ -299,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from btp_ray.export import main as export_main
 
         return export_main(rest)
+    if command == "plan":
+        from btp_ray.planning.cli import main as plan_main
+
+        return plan_main(rest)
     parser = build_btp_parser(f"btp {command}")
     args, config = parse_experiment_args(parser, rest)
     if command == "config" or args.print_config:

@@ -18,6 +18,7 @@ from typing import Any
 
 from btp_ray.data.types import Problem
 from btp_ray.sampling.config import Backend, SamplerConfig
+from btp_ray.sampling.placement import EnginePlacement
 from btp_ray.sampling.types import Candidate, GenerationParams, SamplerError, SamplerIdentity
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ class SamplerWorker:
         self._adapter = adapter
         return self.sampler.identity
 
+    def reload_weights(self, path: str) -> float:
+        """Serve the full fine-tune saved in ``path`` from now on, without restarting; returns the seconds taken."""
+        from btp_ray.sampling.weights import reload_sampler_weights
+
+        return reload_sampler_weights(self.sampler, path)
+
     def identity(self) -> SamplerIdentity:
         return self.sampler.identity
 
@@ -60,6 +67,12 @@ class SamplerWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node_id(self) -> str:
+        """The Ray node this worker runs on (to check placement)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def close(self) -> None:
         self.sampler.close()
@@ -96,11 +109,18 @@ class SamplerPoolConfig:
 class SamplerPool:
     """A pool of sampler actors with the :class:`~btp_ray.sampling.base.Sampler`-like ``generate``.
 
-    Needs ``ray.init`` to have been called. Use as a context manager or call :meth:`close`.
+    Needs ``ray.init`` to have been called. Use as a context manager or call :meth:`close`. With ``placement``
+    (:class:`~btp_ray.sampling.placement.EnginePlacement`) there is one actor per engine placement group, on the
+    node the placement chose; the pool does not own the groups (``placement.remove()`` frees them).
     """
 
     def __init__(
-        self, config: SamplerConfig, pool: SamplerPoolConfig | None = None, *, api_key: str | None = None
+        self,
+        config: SamplerConfig,
+        pool: SamplerPoolConfig | None = None,
+        *,
+        api_key: str | None = None,
+        placement: EnginePlacement | None = None,
     ) -> None:
         import ray
 
@@ -111,10 +131,11 @@ class SamplerPool:
         self._next_actor = -1
         self._adapter: AdapterRef | None = None
         self._placement_groups: list[Any] = []
-        count = self.pool_config.num_actors or config.num_engines
-        self.actors = [self._start_actor(api_key) for _ in range(count)]
+        self._placement = placement
+        count = len(placement.groups) if placement is not None else self.pool_config.num_actors or config.num_engines
+        self.actors = [self._start_actor(api_key, index) for index in range(count)]
 
-    def _start_actor(self, api_key: str | None) -> Any:
+    def _start_actor(self, api_key: str | None, index: int = 0) -> Any:
         import ray
 
         backend = self.config.resolved_backend()
@@ -129,7 +150,16 @@ class SamplerPool:
             "max_task_retries": self.pool_config.max_task_retries,
         }
         tp = self.config.tensor_parallel_size
-        if local_gpu and backend is Backend.VLLM and tp > 1:
+        if self._placement is not None:
+            # In its engine's group: with TP > 1 vLLM's Ray workers take the bundles' GPUs; at TP 1 the actor
+            # itself holds bundle 0's share, so Ray sets its CUDA_VISIBLE_DEVICES to that one GPU.
+            share = self._placement.config.bundle_share if tp == 1 else 0.0
+            accelerator = self._placement.config.accelerator
+            options.update(num_gpus=share if accelerator == "GPU" else 0.0)
+            if accelerator != "GPU" and share:
+                options["resources"] = {accelerator: share}
+            options["scheduling_strategy"] = self._placement.scheduling_strategy(index)
+        elif local_gpu and backend is Backend.VLLM and tp > 1:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -194,6 +224,13 @@ class SamplerPool:
 
         self._adapter = AdapterRef(path=str(path), name=name)
         return ray.get([actor.load_adapter.remote(self._adapter) for actor in self.actors])
+
+    def reload_weights(self, path: str) -> list[float]:
+        """Every actor swaps in a full fine-tune's weights from ``path`` in place (the engines keep running); returns
+        each actor's seconds. An actor restarted later starts from the configured model again."""
+        import ray
+
+        return ray.get([actor.reload_weights.remote(str(path)) for actor in self.actors])
 
     def identities(self) -> list[SamplerIdentity]:
         import ray

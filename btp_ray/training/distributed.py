@@ -104,6 +104,52 @@ def deepspeed_config(config: TrainingConfig, world_size: int) -> dict[str, Any]:
     return derived
 
 
+def process_group_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def zero3_loading_config(config: TrainingConfig, world_size: int) -> Any:
+    """transformers' ZeRO-3 switch: while the returned ``HfDeepSpeedConfig`` is alive, ``from_pretrained`` builds the
+    model inside ``deepspeed.zero.Init``, so each rank allocates only its partition of every weight and loads the
+    checkpoint into it; no rank ever holds the whole model. Keep a reference until training ends."""
+    from transformers.integrations import HfDeepSpeedConfig
+
+    ensure_torch_extensions_dir()
+    loading = deepspeed_config(config, world_size)
+    # Parsed before DeepSpeed's comm knows the world size (it would check the global batch against a world of 1);
+    # only the ZeRO and dtype settings matter for loading.
+    loading.pop("train_batch_size")
+    return HfDeepSpeedConfig(loading)
+
+
+def partition_numel(model: Any) -> tuple[int, int]:
+    """(elements this rank holds, elements of the whole model): ZeRO-3 parameters count their local partition
+    (``ds_tensor``) against their full size (``ds_numel``); ordinary parameters count whole on both sides."""
+    local = total = 0
+    for param in model.parameters():
+        if hasattr(param, "ds_tensor"):
+            local += param.ds_tensor.numel()
+            total += param.ds_numel
+        else:
+            local += param.numel()
+            total += param.numel()
+    return local, total
+
+
+def gather_floats(value: float) -> list[float]:
+    """``value`` from every rank (a list of one outside a process group)."""
+    if not process_group_ready():
+        return [value]
+    import torch
+    import torch.distributed as dist
+
+    values = [torch.zeros(1, dtype=torch.float64) for _ in range(dist.get_world_size())]
+    dist.all_gather(values, torch.tensor([value], dtype=torch.float64))
+    return [float(v) for v in values]
+
+
 @dataclass
 class TrainEngine:
     """The model as the loop drives it. ``module`` is the unwrapped (PEFT or plain) model."""
@@ -198,6 +244,17 @@ class TrainEngine:
 
     def train(self) -> None:
         self.model.train()
+
+    @property
+    def partitioned(self) -> bool:
+        return self.strategy is Strategy.DEEPSPEED and self.zero_stage == 3
+
+    def consolidated_state_dict(self) -> dict[str, Any] | None:
+        """Under ZeRO-3 the full weights gathered layer by layer onto rank 0 (a collective: every rank calls it;
+        other ranks get None); otherwise None (the module's own state dict is whole)."""
+        if not self.partitioned:
+            return None
+        return self.model._zero3_consolidated_16bit_state_dict() or None
 
     @contextlib.contextmanager
     def gathered_trainable(self) -> Iterator[None]:

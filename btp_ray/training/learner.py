@@ -9,6 +9,7 @@ next iteration starts from ``base_model`` plus its ``init_adapter``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -19,7 +20,15 @@ from typing import Any
 
 from btp_ray.training.config import LearnerError, Strategy, TrainingConfig, Weighting
 from btp_ray.training.dataset import IGNORE_INDEX, SFTDataset, TrainingExample, build_sft_dataset_for, collate
-from btp_ray.training.distributed import TrainEngine, rank_and_world, single_process_group
+from btp_ray.training.distributed import (
+    TrainEngine,
+    gather_floats,
+    partition_numel,
+    process_group_ready,
+    rank_and_world,
+    single_process_group,
+    zero3_loading_config,
+)
 from btp_ray.training.modeling import (
     apply_lora,
     choose_target_modules,
@@ -50,6 +59,12 @@ class Learner:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self._tokenizer: Any = None
         self._base_model: Any = None
+        self._zero3_config: Any = None  # transformers' HfDeepSpeedConfig, alive while the model is partitioned
+
+    @property
+    def partitioned_loading(self) -> bool:
+        """ZeRO-3: the base model is built already partitioned across the ranks (needs the process group)."""
+        return self.config.strategy is Strategy.DEEPSPEED and self.config.zero_stage == 3
 
     @property
     def tokenizer(self) -> Any:
@@ -60,7 +75,8 @@ class Learner:
     def prepare(self) -> None:
         """Load tokenizer and base model now (e.g. while samplers still run), off the training's critical path."""
         _ = self.tokenizer
-        self._load_base()
+        if not self.partitioned_loading or process_group_ready():
+            self._load_base()
 
     def build_dataset(self, examples: Sequence[TrainingExample]) -> SFTDataset:
         return build_sft_dataset_for(self.config, examples, self.tokenizer)
@@ -70,6 +86,8 @@ class Learner:
             import torch
 
             dtype = torch.bfloat16 if self.config.bf16 and self.config.strategy is Strategy.DEEPSPEED else None
+            if self.partitioned_loading and self._zero3_config is None:
+                self._zero3_config = zero3_loading_config(self.config, rank_and_world()[1])
             self._base_model = load_model(self.model_path, dtype=dtype)
         return self._base_model
 
@@ -155,6 +173,8 @@ class Learner:
         rank, world_size = rank_and_world()
         torch.manual_seed(self.config.seed)
         base = self._load_base()
+        local_numel, total_numel = partition_numel(base)
+        shares = gather_floats(local_numel / total_numel)
         targets: tuple[str, ...] | None = None
         if self.config.use_lora:
             targets = choose_target_modules(base, self.config.target_modules)
@@ -198,7 +218,13 @@ class Learner:
             strategy=_strategy_label(engine),
             world_size=world_size,
             target_modules=targets,
-            metrics={**_summary(metrics, train_seconds, overhead), "peak_memory_mb": _peak_memory_mb(self.device)},
+            metrics={
+                **_summary(metrics, train_seconds, overhead),
+                "peak_memory_mb": _peak_memory_mb(self.device),
+                "base_params_total": float(total_numel),
+                "base_params_share_max": max(shares),  # largest fraction of the base model any rank held
+                "base_params_share_min": min(shares),
+            },
             config=self.config.to_dict(),
             created_at=time.time(),
         )
@@ -276,10 +302,14 @@ class Learner:
         return metrics
 
     def _save(self, engine: TrainEngine, output_dir: Path, manifest: AdapterManifest, rank: int) -> None:
-        with engine.gathered_trainable():
+        """LoRA: only the adapter's (gathered) weights. Full fine-tune: every weight; under ZeRO-3 gathered layer by
+        layer onto rank 0 (DeepSpeed's 16-bit consolidation), never the optimizer states."""
+        full_state = None if self.config.use_lora else engine.consolidated_state_dict()
+        gather = engine.gathered_trainable() if self.config.use_lora else contextlib.nullcontext()
+        with gather:
             if rank == 0:
                 output_dir.mkdir(parents=True, exist_ok=True)
-                engine.module.save_pretrained(str(output_dir), safe_serialization=True)
+                engine.module.save_pretrained(str(output_dir), safe_serialization=True, state_dict=full_state)
                 if not self.config.use_lora:
                     self.tokenizer.save_pretrained(str(output_dir))
                 manifest.write(output_dir)
