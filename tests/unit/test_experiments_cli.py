@@ -56,6 +56,17 @@ def test_an_api_source_means_hybrid_and_big_to_small_needs_a_target(monkeypatch:
         big_to_small_config(api_only)
 
 
+def test_big_to_small_from_a_program_source_is_hybrid_and_scores_under_the_target(tmp_path) -> None:
+    samples = tmp_path / "big.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return True\\n", "model": "big"}\n')
+    parser = experiment_parser("test", "test", BTP_FLAGS)
+    for source in (f"samples:{samples}", "references", "references+self"):
+        _, config = parse_experiment_args(parser, ["--source-model", source, "--target-model", "smollm2-135m"])
+        b2s = big_to_small_config(config, target_model="smollm2-360m")
+        assert b2s.mode.value == "hybrid" and b2s.training.base_model == "smollm2-360m"
+        assert b2s.sampling.model == source and b2s.sampling.scorer_model == "smollm2-360m"  # scored by the target
+
+
 @pytest.mark.parametrize("driver", ["btp", "baseline", "ablation", "hyperparam", "big_to_small", "main_experiment"])
 def test_help_lists_each_flag_once_and_speaks_of_the_original_suite(
     driver: str, capsys: pytest.CaptureFixture[str]
