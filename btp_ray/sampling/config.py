@@ -165,10 +165,13 @@ class SamplerConfig:
 
     def resolved_beam_search(self, backend: Backend | None = None) -> str:
         """The beam-search implementation ``strategy=beam`` runs on ``backend`` (default: this config's):
-        ``btp`` or ``native`` for local backends, ``sample_and_rank`` for APIs (they have no beam search)."""
+        ``btp`` or ``native`` for local backends, ``sample_and_rank`` for APIs (they have no beam search), ``none``
+        for a program source (it generates nothing)."""
         backend = backend or self.resolved_backend()
         if backend is Backend.OPENAI:
             return "sample_and_rank"
+        if backend is Backend.PROGRAMS:
+            return "none"
         if self.beam_search is BeamSearchImpl.AUTO:
             return FASTEST_BEAM_SEARCH[backend.value].value
         return self.beam_search.value

@@ -167,6 +167,10 @@ def test_beam_search_implementation_is_chosen_per_backend_and_recorded(tmp_path)
         "beam_search": "btp",
     }
     assert "beam_search" not in sampling_record(SamplerConfig(backend="vllm"), "sample_and_rank")
+    programs = SamplerConfig(model="references", scorer_model="smollm2-135m")  # a program source generates nothing
+    assert sampling_record(programs, "beam") == {
+        "backend": "programs", "model": "references", "strategy": "beam", "beam_search": "none"
+    }  # fmt: skip
 
     ranked = GenerationParams(strategy="sample_and_rank", num_candidates=4)
     assert ranked.strategy is SamplingStrategy.SAMPLE_AND_RANK and not ranked.is_deterministic
