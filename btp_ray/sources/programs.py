@@ -11,6 +11,7 @@ ever asked for the problems it is given: the pipeline gives it training problems
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,6 @@ from btp_ray.sampling.types import (
     Candidate,
     FinishReason,
     GenerationParams,
-    LogprobSummary,
     SamplerConfigError,
     SamplerIdentity,
 )
@@ -160,7 +160,6 @@ class ProgramSource(Sampler):
                 else:
                     mean, scored_by = offer.mean_logprob, offer.scored_by
                     count = len(offer.token_logprobs) if offer.token_logprobs else 0
-                summary = LogprobSummary.of([mean])  # possibility = exp(mean log-prob)
                 candidates.append(
                     Candidate(
                         task_id=problem.task_id,
@@ -173,7 +172,7 @@ class ProgramSource(Sampler):
                         token_logprobs=offer.token_logprobs,
                         sum_logprob=mean * count if count else None,
                         mean_logprob=mean,
-                        possibility=summary.possibility,
+                        possibility=math.exp(mean),  # the BTP paper's possibility
                         score=mean,
                         source=offer.source,
                         scored_by=scored_by,
