@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from btp_ray.config import to_dict
+from btp_ray.config_io import to_dict
 from btp_ray.data.types import Problem
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.experiments.common import RUN_INFO, run_record, write_json

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from btp_ray.config import to_dict
+from btp_ray.config_io import to_dict
 from btp_ray.io import atomic_write_json
 
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from btp_ray.config import dump_yaml, load_yaml
+from btp_ray.config_io import dump_yaml, load_yaml
 from btp_ray.experiment_config import ExperimentConfig, build_experiment_config
 from btp_ray.io import atomic_write_json
 from btp_ray.pipeline.records import TestedCandidate
