@@ -24,7 +24,7 @@ from btp_ray.experiments.training import Trainer, TrainerKind
 from btp_ray.metrics import CostRecord
 from btp_ray.pipeline.services import Services
 from btp_ray.pipeline.steps import evaluate_greedy
-from btp_ray.replay import Experience, ReplayBuffer, ReplayConfig, Strategy, p2value
+from btp_ray.replay import Experience, PossibilityMode, ReplayBuffer, ReplayConfig, Strategy, scored
 from btp_ray.tracking import TrackingConfig, flatten_metrics, flatten_params
 from btp_ray.tracking.studies import log_study_run, study_tracking
 
@@ -135,13 +135,16 @@ class ArmDraw:
     experiences: list[Experience] = field(default_factory=list)
     buffer_size: int = 0
 
-    def batch_metrics(self, alpha: float) -> dict[str, float]:
+    def batch_metrics(
+        self, alpha: float, possibility: PossibilityMode | str = PossibilityMode.GEOMETRIC
+    ) -> dict[str, float]:
+        """The drawn batch's make-up; its P2Value on the run's scale (α and possibility mode), whatever the arm's."""
         if not self.experiences:
             return {}
         n = len(self.experiences)
         return {
             "batch_mean_pass_rate": sum(e.pass_rate or 0.0 for e in self.experiences) / n,
-            "batch_mean_p2value": sum(p2value(e.possibility, e.pass_rate or 0.0, alpha) for e in self.experiences) / n,
+            "batch_mean_p2value": sum(scored(e, alpha, possibility)[1] for e in self.experiences) / n,
             "batch_fully_passing": sum(1 for e in self.experiences if e.passed) / n,
             "batch_distinct": float(len({(e.problem_id, e.code) for e in self.experiences})),
         }
@@ -279,7 +282,7 @@ class AblationStudy:
             "status": draw.status.value,
             "pool_digest": draw.pool_digest,
             "buffer_size": draw.buffer_size,
-            "metrics": draw.batch_metrics(self.config.replay.alpha),
+            "metrics": draw.batch_metrics(self.config.replay.alpha, self.config.replay.possibility),
         }
         if draw.status is ArmStatus.NO_DATA:
             row["note"] = (
