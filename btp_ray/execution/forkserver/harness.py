@@ -1,6 +1,6 @@
 """What runs inside the sandbox's children: the value channel, the program harness and the judge harness.
 
-Loaded with the fork server (standard library only) before it forks anything; ``server.py`` prepares each child and
+Loaded with the fork server (standard library only) before it forks anything; ``children.py`` prepares each child and
 then hands it to :func:`run_program` or :func:`run_judge`. Two kinds of child run a job:
 
 - the **program child** executes the untrusted program and nothing of the tests but their direct calls: for a test
