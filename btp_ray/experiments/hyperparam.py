@@ -230,18 +230,13 @@ class TrialRunner:
         buffer = ReplayBuffer(replay)
         buffer.add(pool.experiences())
         _, drawn = buffer.sample(int(self.knobs["batch_size"]), True)
-        from btp_ray.pipeline.records import learner_chats, training_examples
-        from btp_ray.training import Learner
+        from btp_ray.experiments.training import LocalTrainer
 
-        learner = Learner(training)
-        examples = training_examples(
-            drawn, {p.task_id: p for p in self.context.train_problems}, chat=learner_chats(learner)
-        )
         adapter_dir = Path(self.context.output_dir) / "trials" / f"trial_{self.knobs['index']:03d}"
-        result = learner.train(
-            examples,
+        result = LocalTrainer(training, self.context.train_problems).train(
+            drawn,
+            seed=self.context.seed,
             output_dir=adapter_dir,
-            iteration=1,
             on_step=lambda m: self.report({"train_loss": m.loss, "step": m.step}),
         )
         metrics: dict[str, Any] = {
@@ -250,7 +245,7 @@ class TrialRunner:
             "batch_mean_pass_rate": sum(e.pass_rate or 0.0 for e in drawn) / len(drawn),
             "batch_distinct": len({(e.problem_id, e.code) for e in drawn}),
             "pool_digest": pool.digest,
-            "train_s": result.train_seconds,
+            "train_s": result.wall_s,
         }
         if self.context.eval_problems:
             self._serve(str(adapter_dir), f"trial-{self.knobs['index']}")
@@ -276,19 +271,14 @@ class TrialRunner:
     ) -> dict[str, list[TestedCandidate]]:
         """The pipeline's sample-and-test step inside this trial's process: its own sampler and sandbox."""
         from btp_ray.execution import Sandbox
-        from btp_ray.pipeline.stream import jobs_for
+        from btp_ray.pipeline.steps import collect_in_process
         from btp_ray.sampling import build_sampler
 
         if self._sampler is None:
             self._sampler = build_sampler(self.context.config.sampling)
         if self._sandbox is None:
             self._sandbox = Sandbox(self.context.config.execution)
-        outcomes = {}
-        for problem, candidates in zip(problems, self._sampler.generate(problems, params), strict=True):
-            results = self._sandbox.run_many(jobs_for(problem, candidates))
-            tested = [TestedCandidate.of(problem, c, r, **where) for c, r in zip(candidates, results, strict=True)]
-            outcomes[problem.task_id] = sorted(tested, key=lambda t: t.candidate.rank)
-        return outcomes
+        return collect_in_process(self._sampler, self._sandbox, problems, params, **where)
 
     def _serve(self, path: str, name: str) -> None:
         from btp_ray.sampling import build_sampler

@@ -88,11 +88,14 @@ class LocalTrainer:
             self._learner = Learner(dataclasses.replace(self.config, seed=seed))
         return self._learner
 
-    def train(self, experiences: Sequence[Experience], *, seed: int, output_dir: Path) -> TrainSummary:
+    def train(
+        self, experiences: Sequence[Experience], *, seed: int, output_dir: Path, on_step: Any = None
+    ) -> TrainSummary:
+        """Fine-tune on ``experiences``; ``on_step`` gets each step's metrics as it happens (a Tune trial's loss)."""
         learner = self._learner_for(seed)
         examples = training_examples(experiences, self.problems, chat=learner_chats(learner))
         started = time.perf_counter()
-        result = learner.train(examples, output_dir=output_dir, iteration=1)
+        result = learner.train(examples, output_dir=output_dir, iteration=1, on_step=on_step)
         return TrainSummary.of(result, output_dir, examples=len(examples), wall_s=time.perf_counter() - started)
 
 

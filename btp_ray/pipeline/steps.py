@@ -79,6 +79,21 @@ def collect(
     return Collected(outcomes=found, timings=timings)
 
 
+def collect_in_process(
+    sampler: Any, sandbox: Any, problems: Sequence[Problem], params: GenerationParams, **where: Any
+) -> dict[str, list[TestedCandidate]]:
+    """:func:`collect` without Ray: a plain sampler (``build_sampler``) and one :class:`~btp_ray.execution.Sandbox`
+    in this process (a Tune trial's own), one problem at a time."""
+    from btp_ray.pipeline.stream import jobs_for
+
+    outcomes = {}
+    for problem, candidates in zip(problems, sampler.generate(problems, params), strict=True):
+        results = sandbox.run_many(jobs_for(problem, candidates))
+        tested = [TestedCandidate.of(problem, c, r, **where) for c, r in zip(candidates, results, strict=True)]
+        outcomes[problem.task_id] = sorted(tested, key=lambda t: t.candidate.rank)
+    return outcomes
+
+
 def evaluate_greedy(
     model: Any,
     executor: Any,
