@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from btp_ray.replay.buffer import AddResult, ReplayBuffer, ReplayStats, UpdateResult
+from btp_ray.replay.buffer import ReplayBuffer
 from btp_ray.replay.config import ReplayConfig
 from btp_ray.replay.experience import Experience
+from btp_ray.replay.results import AddResult, ReplayStats, UpdateResult
 from btp_ray.replay.storage import (
     CheckpointStore,
     experiences_to_table,
