@@ -118,6 +118,11 @@ class ReplayService:
     def get(self, ids: Sequence[int] | np.ndarray) -> list[Experience]:
         return self.buffer.get(ids)
 
+    def entries(self) -> tuple[np.ndarray, list[Experience]]:
+        """``(ids, experiences)`` of every entry, in slot order (what re-scoring after training reads)."""
+        ids = self.buffer.ids()
+        return ids, self.buffer.get(ids)
+
     def size(self) -> int:
         return len(self.buffer)
 
