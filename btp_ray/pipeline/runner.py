@@ -29,6 +29,7 @@ from btp_ray.pipeline.evaluation import (
     write_evaluation_samples,
 )
 from btp_ray.pipeline.progress import RateMeter, RunMetrics, iteration_line, phase_bar
+from btp_ray.pipeline.rescore import rescore_buffer
 from btp_ray.pipeline.run_dir import CANDIDATES, METRICS, RESULTS, RunDirectory, RunState
 from btp_ray.pipeline.stream import SamplingService, StreamTimings, TestedBatch, sample_and_test
 from btp_ray.replay import Experience
@@ -263,6 +264,10 @@ class BTPPipeline:
         self.metrics.gauge("btp_buffer_size", record["buffer"].get("size", 0))
         if training:
             record["train"] = self._train_phase(services, iteration, pending)
+            trained = record["train"]  # with replay.rescore_after_train: the buffer re-scored under the new adapter
+            rescored = rescore_buffer(services.replay, self.config, trained["adapter_dir"], self.problems_by_id)
+            if rescored is not None:
+                record["rescore"] = rescored
             phase_s["train"] = record["train"]["wall_s"]
             completed(PHASE_TRAIN)
         if self.eval_problems and self.config.trains:
