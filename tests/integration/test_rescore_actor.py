@@ -5,6 +5,7 @@ the actor is not touched."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,38 @@ def test_rescore_buffer_updates_the_replay_actor(ray_cluster, problems, trained_
         ray.kill(actor, no_restart=True)
     recovered = ReplayService(config.replay, tmp_path / "buffer")  # snapshot + journal: the update survived
     assert [r.possibility for r in recovered.entries()[1]] == [r.possibility for r in records]
+
+
+@pytest.mark.slow  # a whole BTP job on SmolLM2-135M: minutes
+def test_btp_job_rescores_the_buffer_after_training(tmp_path: Path) -> None:
+    """``--rescore-after-train`` through ``jobs/btp.py``: the iteration's metrics say every buffered program was
+    re-scored, and the buffer left on disk holds, for each, the possibility the target with that iteration's adapter
+    gives it."""
+    import yaml
+
+    from btp_ray.data import load_problems
+    from btp_ray.experiment_config import build_experiment_config
+    from tests.integration.test_btp_job import TINY, run_job
+
+    run = tmp_path / "run"
+    out = run_job(*TINY, "--rescore-after-train", "--output-dir", str(run))
+    assert out.returncode == 0, out.stderr[-4000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    (iteration,) = [h for h in metrics["iterations"] if h["iteration"] == 1]
+    rescore = iteration["rescore"]
+    assert rescore["rescored"] + rescore["skipped"] == iteration["buffer"]["size"] and rescore["missing"] == 0
+    assert rescore["scored_by"].endswith("+" + iteration["train"]["adapter"])
+    assert rescore["mean_possibility_after"] != pytest.approx(rescore["mean_possibility_before"], rel=1e-6)
+
+    config = build_experiment_config(yaml.safe_load((run / "config.yaml").read_text()))
+    _, buffered = ReplayService(config.replay, run / "buffer").entries()
+    records = [r for r in buffered if r.code.strip()]  # an empty program has nothing to score: left as it was
+    assert rescore["rescored"] == len(records) > 0
+    by_id = {p.task_id: p for p in load_problems("humaneval")}
+    scores = target_scorer(config, iteration["train"]["adapter_dir"]).score(
+        [by_id[r.problem_id] for r in records], [r.code for r in records], config.generation
+    )
+    for record, score in zip(records, scores, strict=True):
+        assert record.possibility == pytest.approx(score.possibility, rel=1e-5)
+    mean_after = sum(r.possibility for r in records) / len(records)
+    assert rescore["mean_possibility_after"] == pytest.approx(mean_after, rel=1e-9)
