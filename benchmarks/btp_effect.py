@@ -191,7 +191,8 @@ def merge_adapter(model: str, adapter: Path) -> Path:
 
 def build_pool(harness: Harness, train: list[Any], args: argparse.Namespace) -> Any:
     """References (scored under the target) + the target's own samples, all tested: one CandidatePool."""
-    from btp_ray.experiments.pool import CandidatePool
+    from btp_ray.experiments.pool import pool_of
+    from btp_ray.pipeline.records import STUDY_POOL, TestedCandidate
     from btp_ray.sampling import SamplerConfig
     from btp_ray.sources.programs import ProgramSource
 
@@ -204,9 +205,10 @@ def build_pool(harness: Harness, train: list[Any], args: argparse.Namespace) -> 
     mixed = [r + o for r, o in zip(refs, own, strict=True)]
     results = harness.test(train, mixed)
     outcomes = {
-        p.task_id: list(zip(cands, res, strict=True)) for p, cands, res in zip(train, mixed, results, strict=True)
+        p.task_id: [TestedCandidate.of(p, c, r, phase=STUDY_POOL, kind="pool") for c, r in zip(cands, res, strict=True)]
+        for p, cands, res in zip(train, mixed, results, strict=True)
     }
-    pool = CandidatePool.from_outcomes(train, outcomes, harness.pool_params.to_dict())
+    pool = pool_of(train, outcomes, harness.pool_params.to_dict())
     pool.save(harness.out / "candidate_pool.json")
     summary = pool.summary()
     summary["sample_s"] = sampled_s
@@ -214,12 +216,12 @@ def build_pool(harness: Harness, train: list[Any], args: argparse.Namespace) -> 
     return pool, summary
 
 
-def draw(arm: str, pool: Any, train: list[Any], args: argparse.Namespace) -> list[Any]:
+def draw(arm: str, pool: Any, args: argparse.Namespace) -> list[Any]:
     from btp_ray.experiments.ablation import Arm, ArmStatus, draw_batch
     from btp_ray.replay import ReplayConfig
 
     base = ReplayConfig(alpha=args.alpha, beta=args.beta)
-    result = draw_batch(Arm(arm), pool, train, budget=args.budget, base=base, seed=args.seed, floor=1e-6)
+    result = draw_batch(Arm(arm), pool, budget=args.budget, base=base, seed=args.seed, floor=1e-6)
     if result.status is not ArmStatus.OK:
         raise RuntimeError(f"arm {arm}: {result.status.value}")
     return result.experiences
@@ -305,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             entry: dict[str, Any] = {}
             adapter = None
             if arm != "baseline":
-                experiences = (
-                    sensitivity_examples(held_out, args) if arm == "sensitivity" else draw(arm, pool, train, args)
-                )
+                experiences = sensitivity_examples(held_out, args) if arm == "sensitivity" else draw(arm, pool, args)
                 entry["train"] = train_arm(trainer, arm, experiences, out, args.seed)
                 adapter = Path(entry["train"]["adapter_dir"])
             entry["eval"] = harness.evaluate(arm, held_out, adapter)

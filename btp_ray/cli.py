@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from btp_ray.config import ConfigError, deep_merge, load_yaml, parse_override, set_path, to_dict
+from btp_ray.config_io import ConfigError, deep_merge, load_yaml, parse_override, set_path, to_dict
 
 EXIT_USAGE = 2
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from btp_ray.config import ConfigError, from_dict
+from btp_ray.config_io import ConfigError, from_dict
 from btp_ray.data import DATASETS
 from btp_ray.execution.config import SandboxConfig
 from btp_ray.models import DEEPSEEK_API_BASE, ModelKind, UnknownModelError, resolve_model

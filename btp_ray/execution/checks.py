@@ -10,7 +10,7 @@ No object of the program takes part in a verdict. Each test is one of two kinds:
 - any other test (loops, helper calls, computed expected values, ``abs(x - y) < 1e-6``) runs in the sandbox's
   **judge child**, a process that never executes the program's code: it runs the test's code with its own builtins,
   its own stdlib modules and the test's own helpers (the job's ``test_setup``), and calls the program's functions over
-  a channel that carries typed builtin values only (see ``_runtime.py``). Its verdict is the test's.
+  a channel that carries typed builtin values only (see ``forkserver/harness.py``). Its verdict is the test's.
 
 So an always-equal object, a patched builtin or stdlib module, a redefined helper, an ``exit(0)`` before the asserts,
 forged result lines or a replaced ``exec`` cannot produce a pass. stdin/stdout tests are compared here token-wise.

@@ -1,9 +1,10 @@
 """The sandbox: runs untrusted programs against test cases in a warm, isolated fork server and judges the results.
 
-One :class:`Sandbox` owns one fork server (``_server.py``), started with an empty environment so that no secret of
-the caller reaches it. Every run of untrusted code is a fresh child of that server (see ``_server.py`` for the
-isolation layers); this class decides the verdicts from what the child reported (see ``checks.py``), resumes after a
-test that crashed or hung so that every test is judged on its own, and restarts the server if it ever dies.
+One :class:`Sandbox` owns one fork server (the ``forkserver`` package), started with an empty environment so that no
+secret of the caller reaches it. Every run of untrusted code is a fresh child of that server (see
+``forkserver/isolation.py`` for the isolation layers); this class decides the verdicts from what the child reported
+(see ``checks.py``), resumes after a test that crashed or hung so that every test is judged on its own, and restarts
+the server if it ever dies.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from btp_ray.execution.results import ExecutionJob, ExecutionResult, ExecutionSt
 
 logger = logging.getLogger(__name__)
 
-SERVER_SCRIPT = Path(__file__).with_name("_server.py")
+SERVER_SCRIPT = Path(__file__).with_name("forkserver") / "__main__.py"
 # Only thread-count settings: the server environment carries nothing of the caller's.
 SERVER_ENVIRONMENT = {
     "LANG": "C.UTF-8",

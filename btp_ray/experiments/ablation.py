@@ -14,15 +14,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from btp_ray.config import to_dict
+from btp_ray.config_io import to_dict
 from btp_ray.data.types import Problem
 from btp_ray.experiment_config import ExperimentConfig
-from btp_ray.experiments.common import RUN_INFO, collected_cost, evaluate_greedy, run_record, write_json
+from btp_ray.experiments.common import RUN_INFO, run_record, write_json
 from btp_ray.experiments.pool import CandidatePool, build_pool
 from btp_ray.experiments.stats import mean_ci
 from btp_ray.experiments.training import Trainer, TrainerKind
 from btp_ray.metrics import CostRecord
-from btp_ray.replay import Experience, ReplayBuffer, ReplayConfig, Strategy, p2value
+from btp_ray.pipeline.services import Services
+from btp_ray.pipeline.steps import evaluate_greedy
+from btp_ray.replay import Experience, PossibilityMode, ReplayBuffer, ReplayConfig, Strategy, scored
 from btp_ray.tracking import TrackingConfig, flatten_metrics, flatten_params
 from btp_ray.tracking.studies import log_study_run, study_tracking
 
@@ -133,13 +135,16 @@ class ArmDraw:
     experiences: list[Experience] = field(default_factory=list)
     buffer_size: int = 0
 
-    def batch_metrics(self, alpha: float) -> dict[str, float]:
+    def batch_metrics(
+        self, alpha: float, possibility: PossibilityMode | str = PossibilityMode.GEOMETRIC
+    ) -> dict[str, float]:
+        """The drawn batch's make-up; its P2Value on the run's scale (α and possibility mode), whatever the arm's."""
         if not self.experiences:
             return {}
         n = len(self.experiences)
         return {
             "batch_mean_pass_rate": sum(e.pass_rate or 0.0 for e in self.experiences) / n,
-            "batch_mean_p2value": sum(p2value(e.possibility, e.pass_rate or 0.0, alpha) for e in self.experiences) / n,
+            "batch_mean_p2value": sum(scored(e, alpha, possibility)[1] for e in self.experiences) / n,
             "batch_fully_passing": sum(1 for e in self.experiences if e.passed) / n,
             "batch_distinct": float(len({(e.problem_id, e.code) for e in self.experiences})),
         }
@@ -148,7 +153,6 @@ class ArmDraw:
 def draw_batch(
     arm: Arm,
     pool: CandidatePool,
-    problems: Sequence[Problem],
     *,
     budget: int,
     base: ReplayConfig,
@@ -156,7 +160,7 @@ def draw_batch(
     floor: float = 0.0,
 ) -> ArmDraw:
     """Fill the arm's buffer from ``pool`` and draw ``budget`` examples (with replacement, as BTP does)."""
-    experiences = pool.experiences(problems, sources=("reference",) if arm is Arm.REFERENCES_ONLY else None)
+    experiences = pool.experiences(sources=("reference",) if arm is Arm.REFERENCES_ONLY else None)
     if arm is Arm.REFERENCES_ONLY and not experiences:
         return ArmDraw(arm=arm, seed=seed, pool_digest=pool.digest, status=ArmStatus.NO_DATA)
     if arm is Arm.NO_REPLAY:
@@ -187,14 +191,14 @@ def aggregate(rows: Sequence[dict[str, Any]], arms: Sequence[Arm], level: float)
 
 
 class AblationStudy:
-    """Runs every arm × seed on one pool with one trainer; evaluation through the sampler and sandbox pools."""
+    """Runs every arm × seed on one pool with one trainer; evaluation through the study's services."""
 
     def __init__(
         self,
         config: ExperimentConfig,
         settings: AblationSettings,
         *,
-        pools: Any,
+        services: Services,
         trainer: Trainer,
         train_problems: Sequence[Problem],
         eval_problems: Sequence[Problem],
@@ -202,7 +206,7 @@ class AblationStudy:
     ) -> None:
         self.config = config
         self.settings = settings
-        self.pools = pools
+        self.services = services
         self.trainer = trainer
         self.train_problems = list(train_problems)
         self.eval_problems = list(eval_problems)
@@ -215,13 +219,13 @@ class AblationStudy:
 
     def build_pool(self) -> CandidatePool:
         pool, collected = build_pool(
-            self.pools.source,
-            self.pools.executor,
+            self.services.source,
+            self.services.executor,
             self.train_problems,
             self.config.generation,
             batch_size=self.config.problem_batch_size,
         )
-        collected_cost(collected, self.cost)
+        collected.cost(self.cost)
         pool.save(self.output_dir / POOL_FILE)
         return pool
 
@@ -267,7 +271,6 @@ class AblationStudy:
         draw = draw_batch(
             arm,
             pool,
-            self.train_problems,
             budget=self.budget,
             base=self.config.replay,
             seed=seed,
@@ -279,7 +282,7 @@ class AblationStudy:
             "status": draw.status.value,
             "pool_digest": draw.pool_digest,
             "buffer_size": draw.buffer_size,
-            "metrics": draw.batch_metrics(self.config.replay.alpha),
+            "metrics": draw.batch_metrics(self.config.replay.alpha, self.config.replay.possibility),
         }
         if draw.status is ArmStatus.NO_DATA:
             row["note"] = (
@@ -295,7 +298,7 @@ class AblationStudy:
             row["train"] = train.to_dict()
             row["metrics"]["final_loss"] = train.final_loss
             if self.eval_problems:
-                self.pools.sampler.load_adapter(str(train.adapter_dir), f"ablation-{name}")
+                self.services.model.load_adapter(str(train.adapter_dir), f"ablation-{name}")
                 evaluation = self._evaluate(base_eval["accuracy"] if base_eval else None)
                 row["eval"] = evaluation
                 row["metrics"]["eval_pass_at_1"] = evaluation["greedy_pass_at_1"]
@@ -325,8 +328,8 @@ class AblationStudy:
 
     def _evaluate(self, baseline_accuracy: float | None) -> dict[str, Any]:
         summary, collected = evaluate_greedy(
-            self.pools.sampler,
-            self.pools.executor,
+            self.services.model,
+            self.services.executor,
             self.eval_problems,
             self.config,
             baseline_accuracy=baseline_accuracy,

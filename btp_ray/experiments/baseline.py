@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from btp_ray.data.types import Problem
 from btp_ray.experiment_config import ExperimentConfig
-from btp_ray.experiments.common import RUN_INFO, Collected, collect, collected_cost, run_record, write_json
+from btp_ray.experiments.common import RUN_INFO, run_record, write_json
 from btp_ray.metrics import ProblemOutcome, is_solved, p2value_stats, pass_at_k, summarize
 from btp_ray.pipeline.evaluation import PASS_AT_K, sample_params
-from btp_ray.pipeline.runner import candidate_record
-from btp_ray.replay import p2value
+from btp_ray.pipeline.records import BASELINE, TestedCandidate
+from btp_ray.pipeline.services import Services
+from btp_ray.pipeline.steps import Collected, collect
+from btp_ray.replay import PossibilityMode
 
 logger = logging.getLogger(__name__)
 
@@ -36,39 +39,45 @@ class BaselineSettings:
             raise ValueError(f"num_samples must be >= 1 (samples per problem), got {self.num_samples}")
 
 
-def filter_pick(pairs: list[tuple[Any, Any]]) -> int:
+def filter_pick(samples: Sequence[TestedCandidate]) -> int:
     """Index of the sample the filter keeps: the best-ranked one that passes every test, else the best-ranked one
     with the highest pass rate (the filter can only choose what the tests reveal)."""
-    passing = [i for i, (_, result) in enumerate(pairs) if is_solved(result.pass_rate)]
+    passing = [i for i, sample in enumerate(samples) if is_solved(sample.pass_rate)]
     if passing:
         return passing[0]
-    best = max(result.pass_rate for _, result in pairs)
-    return next(i for i, (_, result) in enumerate(pairs) if result.pass_rate == best)
+    best = max(sample.pass_rate for sample in samples)
+    return next(i for i, sample in enumerate(samples) if sample.pass_rate == best)
 
 
 def summarize_baseline(
-    problems: list[Problem], collected: Collected, *, num_samples: int, alpha: float
+    problems: list[Problem],
+    collected: Collected,
+    *,
+    num_samples: int,
+    alpha: float,
+    possibility: PossibilityMode | str = PossibilityMode.GEOMETRIC,
 ) -> dict[str, Any]:
-    """The baseline's metrics from its tested samples (pure: no Ray, no model)."""
+    """The baseline's metrics from its tested samples (pure: no Ray, no model); P2Value with the run's α and
+    possibility mode."""
     outcomes, per_problem, values_pass, values_fail = [], [], [], []
     for problem in problems:
-        pairs = collected.outcomes[problem.task_id]
-        pick = filter_pick(pairs)
-        rates = tuple(result.pass_rate for _, result in pairs)
+        samples = collected.outcomes[problem.task_id]
+        pick = filter_pick(samples)
+        rates = tuple(sample.pass_rate for sample in samples)
         outcomes.append(ProblemOutcome(task_id=problem.task_id, pass_rates=rates, selected_pass_rate=rates[pick]))
         per_problem.append(
             {
                 "task_id": problem.task_id,
-                "samples": len(pairs),
+                "samples": len(samples),
                 "fully_passing": sum(1 for r in rates if is_solved(r)),
                 "mean_pass_rate": sum(rates) / len(rates),
-                "filter_pick_rank": pairs[pick][0].rank,
+                "filter_pick_rank": samples[pick].candidate.rank,
                 "filter_pick_pass_rate": rates[pick],
             }
         )
-        for candidate, result in pairs:
-            value = p2value(candidate.possibility, result.pass_rate, alpha)
-            (values_pass if is_solved(result.pass_rate) else values_fail).append(value)
+        for sample in samples:
+            value = sample.scored(alpha, possibility).p2value
+            (values_pass if is_solved(sample.pass_rate) else values_fail).append(value)
     summary = summarize(outcomes, ks=PASS_AT_K)
     n = summary.samples_per_problem
     curve = {str(k): sum(pass_at_k(o.n, o.c, k) for o in outcomes) / len(outcomes) for k in range(1, n + 1)}
@@ -91,7 +100,7 @@ def summarize_baseline(
 
 
 def run_baseline(
-    config: ExperimentConfig, settings: BaselineSettings, pools: Any, problems: list[Problem], output_dir: Path
+    config: ExperimentConfig, settings: BaselineSettings, services: Services, problems: list[Problem], output_dir: Path
 ) -> dict[str, Any]:
     """Sample, test and summarize ``problems`` into ``output_dir``; returns (and writes) the results."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -99,11 +108,20 @@ def run_baseline(
     write_json(output_dir / RUN_INFO, run_record(config, seeds, {"baseline": {"num_samples": settings.num_samples}}))
     params = sample_params(config.generation, settings.num_samples, config.seed, config.eval_max_new_tokens)
     started = time.perf_counter()
-    collected = collect(pools.sampler, pools.executor, problems, params, batch_size=config.problem_batch_size)
+    collected = collect(
+        services.model, services.executor, problems, params, batch_size=config.problem_batch_size,
+        phase=BASELINE, kind="sample",
+    )  # fmt: skip
     wall = time.perf_counter() - started
-    _write_candidates(output_dir / CANDIDATES_FILE, problems, collected)
-    results = summarize_baseline(problems, collected, num_samples=settings.num_samples, alpha=config.replay.alpha)
-    cost = collected_cost(collected)
+    _write_candidates(output_dir / CANDIDATES_FILE, collected)
+    results = summarize_baseline(
+        problems,
+        collected,
+        num_samples=settings.num_samples,
+        alpha=config.replay.alpha,
+        possibility=config.replay.possibility,
+    )
+    cost = collected.cost()
     results.update(
         {
             "experiment": "baseline",
@@ -129,17 +147,10 @@ def run_baseline(
     return results
 
 
-def _write_candidates(path: Path, problems: list[Problem], collected: Collected) -> None:
+def _write_candidates(path: Path, collected: Collected) -> None:
     import json
 
     from btp_ray.io import atomic_write_text
 
-    lines = []
-    for problem in problems:
-        for candidate, result in collected.outcomes[problem.task_id]:
-            record = candidate_record(
-                iteration=0, phase="baseline", problem=problem, candidate=candidate, result=result, p2value=None,
-                kind="sample",
-            )  # fmt: skip
-            lines.append(json.dumps(record, ensure_ascii=False, default=str))
+    lines = [json.dumps(t.to_line(), ensure_ascii=False, default=str) for t in collected.records]
     atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))

@@ -85,19 +85,19 @@ def default_output_dir(prefix: str) -> Path:
 
 
 def _start(config: ExperimentConfig, output_dir: Path, args: argparse.Namespace, *, dashboard: bool = False) -> None:
-    from btp_ray.experiments.common import init_ray_for
     from btp_ray.pipeline import configure_logging
+    from btp_ray.pipeline.services import init_ray
 
     output_dir.mkdir(parents=True, exist_ok=True)
     configure_logging(config.debug, output_dir / "logs" / "driver.log")
-    url = init_ray_for(config, args.ray_address, dashboard=dashboard)
+    url = init_ray(config, args.ray_address, dashboard=dashboard)
     if url:
         print(f"Ray dashboard (Tune trials under Jobs / Actors): http://{url}", flush=True)
 
 
 def baseline_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.baseline import BaselineSettings, run_baseline
-    from btp_ray.experiments.common import open_pools
+    from btp_ray.pipeline.services import start_study_services
 
     parser = experiment_parser(
         "jobs/baseline.py", "Sample-and-filter baseline: n samples per problem, sandboxed tests, pass@k."
@@ -107,8 +107,8 @@ def baseline_main(argv: Sequence[str] | None = None) -> int:
     output_dir = Path(config.output_dir or default_output_dir("baseline"))
     train, evaluation = load_problems_or_exit(config, parser.prog, need_train=False)
     _start(config, output_dir, args)
-    with open_pools(config) as pools:
-        results = run_baseline(config, settings, pools, [*train, *evaluation], output_dir)
+    with start_study_services(config) as services:
+        results = run_baseline(config, settings, services, [*train, *evaluation], output_dir)
     print(
         f"baseline: {results['num_problems']} problems × {results['samples_per_problem']} samples: "
         + ", ".join(f"{k} {v:.3f}" for k, v in results["pass_at_k"].items())
@@ -120,8 +120,8 @@ def baseline_main(argv: Sequence[str] | None = None) -> int:
 
 def ablation_main(argv: Sequence[str] | None = None) -> int:
     from btp_ray.experiments.ablation import AblationStudy
-    from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.training import make_trainer
+    from btp_ray.pipeline.services import start_study_services
 
     parser = experiment_parser("jobs/ablation.py", "Replay-strategy ablation over one shared candidate pool.")
     _ablation_flags(parser)
@@ -132,9 +132,9 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     output_dir = Path(config.output_dir or default_output_dir("ablation"))
     train, evaluation = load_problems_or_exit(config, parser.prog)
     _start(config, output_dir, args)
-    with open_pools(config) as pools:
+    with start_study_services(config) as services:
         study = AblationStudy(
-            config, settings, pools=pools, trainer=make_trainer(settings.trainer, config.training, train),
+            config, settings, services=services, trainer=make_trainer(settings.trainer, config.training, train),
             train_problems=train, eval_problems=evaluation, output_dir=output_dir,
         )  # fmt: skip
         results = study.run()
@@ -148,9 +148,9 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
 
 
 def hyperparam_main(argv: Sequence[str] | None = None) -> int:
-    from btp_ray.experiments.common import open_pools
     from btp_ray.experiments.hyperparam import run_hyperparam_study
     from btp_ray.experiments.pool import CandidatePool, build_pool
+    from btp_ray.pipeline.services import start_study_services
 
     parser = experiment_parser(
         "jobs/hyperparam.py", "Hyperparameter study as Ray Tune trials over one shared candidate pool."
@@ -170,8 +170,8 @@ def hyperparam_main(argv: Sequence[str] | None = None) -> int:
     if args.pool:
         pool = CandidatePool.load(args.pool)
     else:
-        with open_pools(config) as pools:
-            pool, _ = build_pool(pools.source, pools.executor, train, config.generation,
+        with start_study_services(config) as services:
+            pool, _ = build_pool(services.source, services.executor, train, config.generation,
                                  batch_size=config.problem_batch_size)  # fmt: skip
         pool.save(output_dir / "candidate_pool.json")
     results = run_hyperparam_study(

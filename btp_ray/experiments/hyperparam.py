@@ -30,7 +30,8 @@ import numpy as np
 from btp_ray.data.types import Problem
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.experiments.common import RUN_INFO, run_record, write_json
-from btp_ray.experiments.pool import CandidatePool
+from btp_ray.experiments.pool import CandidatePool, pool_of
+from btp_ray.pipeline.records import HELD_OUT, STUDY_POOL, TestedCandidate
 from btp_ray.replay import ReplayBuffer, Strategy
 from btp_ray.tracking.studies import study_tracking, tune_callbacks
 
@@ -227,13 +228,15 @@ class TrialRunner:
             seed=self.context.seed,
         )
         buffer = ReplayBuffer(replay)
-        buffer.add(pool.experiences(self.context.train_problems))
+        buffer.add(pool.experiences())
         _, drawn = buffer.sample(int(self.knobs["batch_size"]), True)
-        from btp_ray.experiments.training import training_examples
+        from btp_ray.pipeline.records import learner_chats, training_examples
         from btp_ray.training import Learner
 
         learner = Learner(training)
-        examples = training_examples(learner, drawn, {p.task_id: p for p in self.context.train_problems})
+        examples = training_examples(
+            drawn, {p.task_id: p for p in self.context.train_problems}, chat=learner_chats(learner)
+        )
         adapter_dir = Path(self.context.output_dir) / "trials" / f"trial_{self.knobs['index']:03d}"
         result = learner.train(
             examples,
@@ -266,10 +269,12 @@ class TrialRunner:
             return pool
         params = dataclasses.replace(self.context.config.generation, num_candidates=int(self.knobs["num_beams"]))
         problems = list(self.context.train_problems)
-        outcomes = self._sample_and_test(problems, params)
-        return CandidatePool.from_outcomes(problems, outcomes, params.to_dict())
+        return pool_of(problems, self._sample_and_test(problems, params, phase=STUDY_POOL), params.to_dict())
 
-    def _sample_and_test(self, problems: Sequence[Problem], params: Any) -> dict[str, list[Any]]:
+    def _sample_and_test(
+        self, problems: Sequence[Problem], params: Any, **where: Any
+    ) -> dict[str, list[TestedCandidate]]:
+        """The pipeline's sample-and-test step inside this trial's process: its own sampler and sandbox."""
         from btp_ray.execution import Sandbox
         from btp_ray.pipeline.stream import jobs_for
         from btp_ray.sampling import build_sampler
@@ -281,7 +286,8 @@ class TrialRunner:
         outcomes = {}
         for problem, candidates in zip(problems, self._sampler.generate(problems, params), strict=True):
             results = self._sandbox.run_many(jobs_for(problem, candidates))
-            outcomes[problem.task_id] = sorted(zip(candidates, results, strict=True), key=lambda pair: pair[0].rank)
+            tested = [TestedCandidate.of(problem, c, r, **where) for c, r in zip(candidates, results, strict=True)]
+            outcomes[problem.task_id] = sorted(tested, key=lambda t: t.candidate.rank)
         return outcomes
 
     def _serve(self, path: str, name: str) -> None:
@@ -292,11 +298,13 @@ class TrialRunner:
         self._sampler.load_adapter(path, name)
 
     def _evaluate(self, problems: Sequence[Problem]) -> dict[str, Any]:
-        from btp_ray.pipeline.evaluation import ProblemEval, greedy_params, summarize_evaluation
+        from btp_ray.pipeline.evaluation import greedy_params, summarize_evaluation
+        from btp_ray.pipeline.steps import evaluation_of
 
         config = self.context.config
-        outcomes = self._sample_and_test(problems, greedy_params(config.generation, config.eval_max_new_tokens))
-        return summarize_evaluation([ProblemEval(problem=p, greedy=outcomes[p.task_id][0]) for p in problems], None)
+        params = greedy_params(config.generation, config.eval_max_new_tokens)
+        outcomes = self._sample_and_test(problems, params, phase=HELD_OUT, kind="greedy")
+        return summarize_evaluation([evaluation_of(p, outcomes[p.task_id]) for p in problems], None)
 
     def close(self) -> None:
         if self._sandbox is not None:

@@ -5,42 +5,18 @@ to the JSON (numbers are written by :func:`number`)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from btp_ray.experiments import plots
 from btp_ray.io import atomic_write_text
+from btp_ray.pipeline.report import number, table
 
 REPORT_MD = "experiment_report.md"
 REPORT_TXT = "experiment_report.txt"
 PLOTS_DIR = "plots"
 ABLATION_PLOT_METRICS = ("eval_mean_pass_rate", "final_loss", "batch_mean_p2value")
-
-
-def number(value: Any) -> str:
-    """How a value appears in the report: 3 decimals, or 3 significant digits for small non-zero floats."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "n/a"
-        if value != 0.0 and abs(value) < 0.01:
-            return f"{value:.3g}"
-        return f"{value:.3f}"
-    return str(value)
-
-
-def cell(value: Any) -> str:
-    return number(value).replace("|", "\\|")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def ci_text(stat: Mapping[str, Any] | None) -> str:

@@ -27,11 +27,12 @@ from typing import Any
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.experiments.ablation import AblationSettings, AblationStudy
 from btp_ray.experiments.baseline import BaselineSettings, run_baseline
-from btp_ray.experiments.common import open_pools, run_record, write_json
+from btp_ray.experiments.common import run_record, write_json
 from btp_ray.experiments.hyperparam import HyperparamSettings, run_hyperparam_study
 from btp_ray.experiments.pool import CandidatePool, build_pool
 from btp_ray.experiments.report import write_report
 from btp_ray.pipeline.runner import load_split
+from btp_ray.pipeline.services import Services, start_study_services
 from btp_ray.tracking.studies import study_tracking
 
 logger = logging.getLogger(__name__)
@@ -101,14 +102,14 @@ class Suite:
         train, evaluation = load_split(self.config)
         needs_pools = {Step.BASELINE, Step.ABLATION, Step.HYPERPARAM} & set(self.settings.steps)
         if needs_pools:
-            with open_pools(self.config) as pools:
+            with start_study_services(self.config) as services:
                 if Step.BASELINE in self.settings.steps:
                     self._step(Step.BASELINE, lambda d: run_baseline(
-                        self.config, self.settings.baseline, pools, [*train, *evaluation], d))  # fmt: skip
+                        self.config, self.settings.baseline, services, [*train, *evaluation], d))  # fmt: skip
                 if Step.ABLATION in self.settings.steps:
-                    self._step(Step.ABLATION, lambda d: self._ablation(pools, train, evaluation, d))
+                    self._step(Step.ABLATION, lambda d: self._ablation(services, train, evaluation, d))
                 if Step.HYPERPARAM in self.settings.steps and self._pool is None:
-                    self._pool, _ = build_pool(pools.source, pools.executor, train, self.config.generation,
+                    self._pool, _ = build_pool(services.source, services.executor, train, self.config.generation,
                                                batch_size=self.config.problem_batch_size)  # fmt: skip
         if Step.HYPERPARAM in self.settings.steps:
             self._step(Step.HYPERPARAM, lambda d: self._hyperparam(train, evaluation, d))
@@ -154,7 +155,7 @@ class Suite:
         self.steps[step.value] = record
         write_json(self.root / (SUITE_RESULTS + ".partial"), {"steps": self.steps})
 
-    def _ablation(self, pools: Any, train: Sequence[Any], evaluation: Sequence[Any], directory: Path) -> dict:
+    def _ablation(self, services: Services, train: Sequence[Any], evaluation: Sequence[Any], directory: Path) -> dict:
         from btp_ray.experiments.training import make_trainer
 
         if self.config.training is None:
@@ -162,7 +163,7 @@ class Suite:
         study = AblationStudy(
             self.config,
             self.settings.ablation,
-            pools=pools,
+            services=services,
             trainer=make_trainer(self.settings.ablation.trainer, self.config.training, train),
             train_problems=train,
             eval_problems=evaluation,

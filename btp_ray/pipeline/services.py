@@ -1,16 +1,19 @@
 """Starting a run's Ray side: Ray itself (local, or the cluster a job was submitted to), the sampler pools, the
-executor pool and the replay actor, sized by the experiment's ``resources`` section."""
+executor pool and the replay actor, sized by the experiment's ``resources`` section, bundled as one
+:class:`Services` that a BTP run and every study use and close."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from btp_ray.execution import ExecutorPool, PoolConfig
 from btp_ray.experiment_config import ExperimentConfig
 from btp_ray.pipeline.run_dir import RunDirectory
-from btp_ray.pipeline.runner import Services
+from btp_ray.pipeline.stream import SamplingService
 from btp_ray.replay import create_replay_actor
 from btp_ray.sampling import Backend, SamplerConfig, SamplerPool
 from btp_ray.sampling.pool import SamplerPoolConfig
@@ -19,27 +22,63 @@ from btp_ray.sources.spec import SourceSpec
 logger = logging.getLogger(__name__)
 
 
-def init_ray(config: ExperimentConfig, address: str | None = None) -> None:
+@dataclass
+class Services:
+    """The Ray-side parts of a run or a study; whoever started them closes them (also as a context manager).
+
+    ``source`` gives the candidates BTP learns from: a sampler pool, a program source, or both mixed
+    (:class:`MixedSampling`). ``target`` is the sampler of the model being fine-tuned when it is not the source.
+    ``replay`` is the replay actor of a BTP run (studies fill their own buffers per arm)."""
+
+    source: SamplingService
+    target: SamplingService | None
+    executor: ExecutorPool
+    replay: Any = None
+    closers: list[Any] = field(default_factory=list)
+
+    @property
+    def model(self) -> SamplingService:
+        """The sampler of the model that is fine-tuned and evaluated: the target, or the source when they are one."""
+        return self.target or self.source
+
+    def close(self) -> None:
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception as exc:  # closing is best effort: the run's results are already on disk
+                logger.warning("closing %s: %s", closer, exc)
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def init_ray(config: ExperimentConfig, address: str | None = None, *, dashboard: bool = False) -> str | None:
     """Join the cluster at ``address`` / ``$RAY_ADDRESS`` (set by ``ray job submit``), or start a local one on
-    loopback with the machine's CPUs (or ``resources.ray_num_cpus``)."""
+    loopback with the machine's CPUs (or ``resources.ray_num_cpus``). ``dashboard`` starts the local cluster's
+    dashboard on 127.0.0.1 (so Tune trials can be watched there) and returns its address."""
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local Ray on loopback
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         check_capacity(config, local=False)
-        return
-    ray.init(
+        return None
+    context = ray.init(
         address="local",
         num_cpus=config.resources.ray_num_cpus or os.cpu_count(),
-        include_dashboard=False,
+        include_dashboard=dashboard,
+        **({"dashboard_host": "127.0.0.1"} if dashboard else {}),
         log_to_driver=config.debug,
     )
     check_capacity(config, local=True)
+    return (context.dashboard_url or None) if dashboard else None
 
 
 def shutdown_ray(timeout_s: float = 60.0) -> bool:
@@ -216,6 +255,38 @@ def start_services(config: ExperimentConfig, run: RunDirectory) -> Services:
             closer()
         raise
     return Services(source=source, target=target, executor=executor, replay=replay, closers=closers)
+
+
+def start_study_services(config: ExperimentConfig, model: str | None = None) -> Services:
+    """The services of a study: the sampler of ``model`` (default: the run's target, or its source model) ready to
+    serve adapters, the executors, and the source a study's candidate pool is built from — that sampler, or a program
+    source (``references``, ``samples:PATH``, mixed with ``self``). No replay actor: arms fill their own buffers."""
+    spec = SourceSpec.parse(config.sampling.model)
+    if spec is not None and model is None:
+        if config.training is None:
+            raise ValueError(f"sampling.model: the program source {config.sampling.model!r} needs --target-model")
+        model = config.training.base_model
+    closers: list[Any] = []
+    try:
+        executor = executor_pool(config)
+        closers.append(executor.close)
+        sampling = config.sampling
+        if model is not None and model != sampling.model:
+            sampling = local_sampler_config(config, model)
+        elif not sampling.model_spec().kind.is_api:
+            sampling = dataclasses.replace(sampling, enable_lora=True)
+        sampler = sampler_pool(config, sampling)
+        closers.append(sampler.close)
+        if spec is None:
+            return Services(source=sampler, target=None, executor=executor, closers=closers)
+        programs = sampler_pool(config, config.sampling)
+        closers.append(programs.close)
+        source = MixedSampling(programs, sampler) if spec.self_samples else programs
+        return Services(source=source, target=sampler, executor=executor, closers=closers)
+    except BaseException:
+        for closer in reversed(closers):
+            closer()
+        raise
 
 
 def _kill(actor: Any) -> None:

@@ -76,7 +76,7 @@ def open_tracking(
 
 def track_btp_run(config: Any, run_dir: Path) -> Tracking:
     """Tracking for a BTP run in ``run_dir`` (an :class:`~btp_ray.experiment_config.ExperimentConfig`)."""
-    from btp_ray.config import to_dict
+    from btp_ray.config_io import to_dict
 
     settings: TrackingConfig = config.tracking
     return open_tracking(

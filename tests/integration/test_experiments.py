@@ -15,11 +15,11 @@ import pytest
 
 from btp_ray.experiment_config import build_experiment_config
 from btp_ray.experiments.ablation import AblationSettings, AblationStudy, Arm
-from btp_ray.experiments.common import open_pools
 from btp_ray.experiments.hyperparam import HyperparamSettings, run_hyperparam_study
 from btp_ray.experiments.pool import CandidatePool, build_pool
 from btp_ray.experiments.training import make_trainer
 from btp_ray.pipeline.runner import load_split
+from btp_ray.pipeline.services import start_study_services
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +51,13 @@ def test_ablation_and_tune_study_share_one_reproducible_pool(ray_cluster, tiny_m
     config = dataclasses.replace(config, tracking=tracking)
     train, evaluation = load_split(config)
     assert len(train) == 2 and len(evaluation) == 1
-    with open_pools(config) as pools:
-        again, _ = build_pool(pools.sampler, pools.executor, train, config.generation, batch_size=1)
+    with start_study_services(config) as services:
+        again, _ = build_pool(services.model, services.executor, train, config.generation, batch_size=1)
         arms = (Arm.P2VALUE_POWER, Arm.UNIFORM, Arm.NO_REPLAY)
         study = AblationStudy(
             config,
             AblationSettings(arms=arms, seeds=(0, 1, 2)),
-            pools=pools,
+            services=services,
             trainer=make_trainer("local", config.training, train),
             train_problems=train,
             eval_problems=evaluation,
@@ -138,11 +138,11 @@ def test_ablation_on_references_mixed_with_the_targets_own_samples(
     assert config.mode.value == "hybrid" and config.sampling.scorer_model == str(tiny_model)
     train, evaluation = load_split(config)
     arms = (Arm.P2VALUE_POWER, Arm.REFERENCES_ONLY, Arm.NO_REPLAY)
-    with open_pools(config) as pools:
+    with start_study_services(config) as services:
         study = AblationStudy(
             config,
             AblationSettings(arms=arms, seeds=(0,)),
-            pools=pools,
+            services=services,
             trainer=make_trainer("local", config.training, train + evaluation),
             train_problems=train,
             eval_problems=evaluation,
@@ -154,9 +154,10 @@ def test_ablation_on_references_mixed_with_the_targets_own_samples(
     sources = results["pool"]["by_source"]
     assert sources["reference"]["candidates"] == 2 and sources["reference"]["fully_passing"] == 2
     assert sources["model"]["candidates"] == 4
-    assert all(e.possibility is not None and 0 < e.possibility < 1 for e in pool.entries)
-    assert {e.sampler for e in pool.entries if e.source == "model"} == {f"hf:{tiny_model}"}
-    references = {e.program for e in pool.entries if e.source == "reference"}
+    candidates = [e.candidate for e in pool.entries]
+    assert all(c.possibility is not None and 0 < c.possibility < 1 for c in candidates)
+    assert {str(c.sampler) for c in candidates if c.source == "model"} == {f"hf:{tiny_model}"}
+    references = {c.program for c in candidates if c.source == "reference"}
     rows = {r["arm"]: r for r in results["rows"]}
     for arm in arms:
         assert rows[arm.value]["status"] == "ok", rows[arm.value].get("error")

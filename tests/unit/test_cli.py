@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from btp_ray.cli import build_btp_parser, parse_experiment_args
-from btp_ray.config import to_dict
+from btp_ray.config_io import to_dict
 from btp_ray.experiment_config import ExperimentConfig, Mode
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from btp_ray.config import (
+from btp_ray.config_io import (
     ConfigError,
     deep_merge,
     dump_yaml,

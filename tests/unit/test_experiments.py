@@ -15,7 +15,6 @@ from btp_ray.data.types import Problem, TestCase
 from btp_ray.execution import ExecutionResult, ExecutionStatus
 from btp_ray.experiments.ablation import DEFAULT_ARMS, AblationSettings, Arm, ArmStatus, aggregate, draw_batch
 from btp_ray.experiments.baseline import filter_pick, summarize_baseline
-from btp_ray.experiments.common import Collected
 from btp_ray.experiments.hyperparam import (
     HyperparamSettings,
     TrialStatus,
@@ -24,9 +23,11 @@ from btp_ray.experiments.hyperparam import (
     trial_configs,
     trial_row,
 )
-from btp_ray.experiments.pool import CandidatePool, PoolEntry
+from btp_ray.experiments.pool import CandidatePool
 from btp_ray.experiments.report import number, table, to_text
 from btp_ray.experiments.stats import mean_ci
+from btp_ray.pipeline.records import TestedCandidate
+from btp_ray.pipeline.steps import Collected
 from btp_ray.replay import ReplayConfig
 from btp_ray.sampling import Candidate, FinishReason, SamplerIdentity
 
@@ -66,19 +67,20 @@ def _problem(task_id: str, tests: int = 2) -> Problem:
 PROBLEMS = [_problem("T/0"), _problem("T/1")]
 
 
-def _entry(task_id: str, rank: int, per_test: tuple[bool, ...], logprob: float) -> PoolEntry:
-    return PoolEntry(
+def _entry(task_id: str, rank: int, per_test: tuple[bool, ...], logprob: float) -> TestedCandidate:
+    candidate = Candidate(
         task_id=task_id,
-        rank=rank,
+        completion="",
         program=f"def f(x):\n    return {task_id!r}, {rank}\n",
-        per_test=per_test,
-        num_tests=2,
         num_tokens=10,
+        finish_reason=FinishReason.STOP,
+        sampler=SamplerIdentity("hf", "tiny"),
+        rank=rank,
         mean_logprob=logprob,
         possibility=math.exp(logprob),
-        status="passed" if all(per_test) else "failed",
-        sampler="hf:tiny",
     )
+    status = ExecutionStatus.PASSED if all(per_test) else ExecutionStatus.FAILED
+    return TestedCandidate(candidate, ExecutionResult(status, per_test=per_test), num_tests=2, phase="pool")
 
 
 def _pool(with_passing: bool = True) -> CandidatePool:
@@ -108,7 +110,7 @@ def test_pool_round_trips_and_detects_edits(tmp_path: Path) -> None:
 
 def test_every_arm_draws_from_the_same_pool_and_isolates_its_score() -> None:
     pool, base = _pool(), ReplayConfig(alpha=0.5, beta=1.0)
-    draws = {arm: draw_batch(arm, pool, PROBLEMS, budget=200, base=base, seed=3, floor=1e-6) for arm in DEFAULT_ARMS}
+    draws = {arm: draw_batch(arm, pool, budget=200, base=base, seed=3, floor=1e-6) for arm in DEFAULT_ARMS}
     assert {d.pool_digest for d in draws.values()} == {pool.digest}
     assert all(d.status is ArmStatus.OK and len(d.experiences) == 200 for d in draws.values())
     # The filter arm trains only on fully passing programs; pass-rate-only prefers high pass rates, possibility-only
@@ -116,27 +118,29 @@ def test_every_arm_draws_from_the_same_pool_and_isolates_its_score() -> None:
     assert {e.passed for e in draws[Arm.NO_REPLAY].experiences} == {True}
     rate = draws[Arm.PASS_RATE_ONLY].batch_metrics(0.5)["batch_mean_pass_rate"]
     assert rate > draws[Arm.UNIFORM].batch_metrics(0.5)["batch_mean_pass_rate"]
-    likeliest = sum(1 for e in draws[Arm.POSSIBILITY_ONLY].experiences if e.code == pool.entries[1].program)
-    assert likeliest > sum(1 for e in draws[Arm.PASS_RATE_ONLY].experiences if e.code == pool.entries[1].program)
-    again = draw_batch(Arm.P2VALUE_RANK, pool, PROBLEMS, budget=200, base=base, seed=3, floor=1e-6)
+    likeliest_program = pool.entries[1].candidate.program
+    likeliest = sum(1 for e in draws[Arm.POSSIBILITY_ONLY].experiences if e.code == likeliest_program)
+    assert likeliest > sum(1 for e in draws[Arm.PASS_RATE_ONLY].experiences if e.code == likeliest_program)
+    again = draw_batch(Arm.P2VALUE_RANK, pool, budget=200, base=base, seed=3, floor=1e-6)
     assert [e.code for e in again.experiences] == [e.code for e in draws[Arm.P2VALUE_RANK].experiences]
 
 
 def test_references_only_arm_draws_the_pools_references_and_nothing_else() -> None:
-    reference = dataclasses.replace(_entry("T/1", 2, (True, True), -1.5), program="def f(x):\n    return x\n")
-    pool = dataclasses.replace(_pool(), entries=(*_pool().entries, dataclasses.replace(reference, source="reference")))
+    entry = _entry("T/1", 2, (True, True), -1.5)
+    reference = dataclasses.replace(entry.candidate, program="def f(x):\n    return x\n", source="reference")
+    pool = dataclasses.replace(_pool(), entries=(*_pool().entries, dataclasses.replace(entry, candidate=reference)))
     assert pool.summary()["by_source"]["reference"] == {
         "candidates": 1, "fully_passing": 1, "mean_pass_rate": 1.0, "mean_possibility": pytest.approx(math.exp(-1.5))
     }  # fmt: skip
-    draw = draw_batch(Arm.REFERENCES_ONLY, pool, PROBLEMS, budget=20, base=ReplayConfig(), seed=0)
+    draw = draw_batch(Arm.REFERENCES_ONLY, pool, budget=20, base=ReplayConfig(), seed=0)
     assert draw.status is ArmStatus.OK and {e.code for e in draw.experiences} == {reference.program}
-    empty = draw_batch(Arm.REFERENCES_ONLY, _pool(), PROBLEMS, budget=20, base=ReplayConfig(), seed=0)
+    empty = draw_batch(Arm.REFERENCES_ONLY, _pool(), budget=20, base=ReplayConfig(), seed=0)
     assert empty.status is ArmStatus.NO_DATA
     assert Arm.REFERENCES_ONLY not in AblationSettings().arms  # only on request: most pools hold no references
 
 
 def test_filter_arm_without_passing_candidates_records_no_data() -> None:
-    draw = draw_batch(Arm.NO_REPLAY, _pool(with_passing=False), PROBLEMS, budget=4, base=ReplayConfig(), seed=0)
+    draw = draw_batch(Arm.NO_REPLAY, _pool(with_passing=False), budget=4, base=ReplayConfig(), seed=0)
     assert draw.status is ArmStatus.NO_DATA and draw.experiences == []
     rows = [
         {"arm": "no_replay", "seed": 0, "status": "no_data", "metrics": {}},
@@ -205,18 +209,18 @@ def test_trial_rows_best_and_sensitivity() -> None:
     assert [(p["value"], p["eval_mean_pass_rate"]) for p in curve["alpha"]] == [(0.5, 0.3), (1.0, 0.5)]
 
 
-def _pair(task_id: str, rank: int, per_test: tuple[bool, ...]) -> tuple[Candidate, ExecutionResult]:
+def _sample(task_id: str, rank: int, per_test: tuple[bool, ...]) -> TestedCandidate:
     candidate = Candidate(task_id=task_id, completion="", program=f"# {rank}", num_tokens=3,
                           finish_reason=FinishReason.STOP, sampler=SamplerIdentity("hf", "tiny"), rank=rank,
                           mean_logprob=-0.5, possibility=math.exp(-0.5))  # fmt: skip
     status = ExecutionStatus.PASSED if all(per_test) else ExecutionStatus.FAILED
-    return candidate, ExecutionResult(status=status, per_test=per_test)
+    return TestedCandidate(candidate, ExecutionResult(status=status, per_test=per_test), num_tests=2, kind="sample")
 
 
 def test_baseline_filter_picks_a_passing_sample_and_pass_at_k_is_unbiased() -> None:
     outcomes = {
-        "T/0": [_pair("T/0", 0, (True, False)), _pair("T/0", 1, (True, True)), _pair("T/0", 2, (False, False))],
-        "T/1": [_pair("T/1", 0, (False, False)), _pair("T/1", 1, (False, True)), _pair("T/1", 2, (False, False))],
+        "T/0": [_sample("T/0", 0, (True, False)), _sample("T/0", 1, (True, True)), _sample("T/0", 2, (False, False))],
+        "T/1": [_sample("T/1", 0, (False, False)), _sample("T/1", 1, (False, True)), _sample("T/1", 2, (False, False))],
     }
     assert filter_pick(outcomes["T/0"]) == 1 and filter_pick(outcomes["T/1"]) == 1
     results = summarize_baseline(PROBLEMS, Collected(outcomes=outcomes), num_samples=3, alpha=0.5)

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from btp_ray.execution import ExecutionResult, ExecutionStatus
 from btp_ray.experiment_config import ExperimentConfig
+from btp_ray.pipeline.records import TestedCandidate
 from btp_ray.pipeline.run_dir import CANDIDATES, RunDirectory, RunDirectoryError, RunState, environment_record
+from btp_ray.sampling import Candidate, FinishReason, SamplerIdentity
+
+
+def _tested(task_id: str, n: int) -> TestedCandidate:
+    """A logged candidate (its rank tells lines apart)."""
+    candidate = Candidate(task_id, "pass", "def f():\n    pass\n", 2, FinishReason.STOP, SamplerIdentity("hf", "m"), n)
+    return TestedCandidate(candidate, ExecutionResult(ExecutionStatus.PASSED, per_test=(True,)), num_tests=1)
 
 
 def test_create_writes_config_and_refuses_to_overwrite(tmp_path: Path) -> None:
@@ -33,7 +42,7 @@ def test_a_run_that_never_started_does_not_block_a_retry(tmp_path: Path) -> None
     RunDirectory.create(tmp_path / "run", ExperimentConfig(max_problems=4))
     retry = RunDirectory.create(tmp_path / "run", ExperimentConfig(max_problems=6))
     assert retry.load_config().max_problems == 6 and retry.load_state().completed == {}
-    retry.append_candidates([{"task_id": "a"}])
+    retry.append_candidates([_tested("a", 0)])
     with pytest.raises(RunDirectoryError, match="already holds a run"):
         RunDirectory.create(tmp_path / "run", ExperimentConfig())
     (tmp_path / "torn").mkdir()
@@ -44,14 +53,14 @@ def test_a_run_that_never_started_does_not_block_a_retry(tmp_path: Path) -> None
 
 def test_candidate_log_survives_a_torn_last_line(tmp_path: Path) -> None:
     run = RunDirectory.create(tmp_path / "run", ExperimentConfig())
-    assert run.append_candidates([{"task_id": "a", "n": 1}, {"task_id": "b", "n": 2}]) == 2
+    assert run.append_candidates([_tested("a", 1), _tested("b", 2)]) == 2
     with open(run.path / CANDIDATES, "a") as handle:
-        handle.write('{"task_id": "c", "n"')  # a crash in the middle of an append
-    assert [r["task_id"] for r in run.iter_candidates()] == ["a", "b"]  # a torn line is never trusted
+        handle.write('{"task_id": "c", "rank"')  # a crash in the middle of an append
+    assert [r.task_id for r in run.iter_candidates()] == ["a", "b"]  # a torn line is never trusted
     resumed = RunDirectory.open_existing(run.path)
-    assert (run.path / CANDIDATES).read_text().endswith('"n": 2}\n')
-    resumed.append_candidates([{"task_id": "c", "n": 3}])
-    assert [r["n"] for r in resumed.iter_candidates()] == [1, 2, 3]
+    assert (run.path / CANDIDATES).read_text().endswith('"p2value": null}\n')
+    resumed.append_candidates([_tested("c", 3)])
+    assert [r.candidate.rank for r in resumed.iter_candidates()] == [1, 2, 3]
 
 
 def test_state_marks_phases(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import pytest
 from btp_ray.data import Problem, TestCase
 from btp_ray.execution import ExecutionResult, ExecutionStatus
 from btp_ray.experiment_config import build_experiment_config
+from btp_ray.pipeline.records import TestedCandidate, records_of
 from btp_ray.pipeline.run_dir import RunDirectory
-from btp_ray.pipeline.runner import BTPPipeline, _replay_pair, candidate_record, experience_of
+from btp_ray.pipeline.runner import BTPPipeline
 from btp_ray.pipeline.stream import TestedBatch
 from btp_ray.replay import ReplayBuffer
 from btp_ray.sampling import Candidate, FinishReason, SamplerIdentity
@@ -39,15 +40,11 @@ def test_logged_candidate_rebuilds_the_same_experience() -> None:
         score=-0.25,
     )
     result = ExecutionResult(status=ExecutionStatus.FAILED, per_test=(True, False), error="test 1: got 2")
-    live = experience_of(problem, candidate, result, iteration=2)
-    record = json.loads(
-        json.dumps(
-            candidate_record(
-                iteration=2, phase="btp", problem=problem, candidate=candidate, result=result, p2value=0.6, kind="beam"
-            )
-        )
-    )
-    rebuilt = experience_of(problem, *_replay_pair(record), record["iteration"])
+    tested = TestedCandidate.of(problem, candidate, result, iteration=2, phase="btp", kind="beam", p2value=0.6)
+    live = tested.experience()
+    logged = TestedCandidate.from_line(json.loads(json.dumps(tested.to_line())))
+    assert logged == tested  # one line of candidates.jsonl is exactly one record
+    rebuilt = logged.experience()
     fields = ("problem_id", "code", "per_test", "prompt", "source_model", "iteration", "token_count",
               "mean_token_logprob", "possibility", "pass_rate", "p2value")  # fmt: skip
     assert {f: getattr(rebuilt, f) for f in fields} == {f: getattr(live, f) for f in fields}
@@ -82,12 +79,12 @@ def test_logged_p2value_is_the_one_the_buffer_samples_by(tmp_path: Path, mode: s
         for i in range(3)
     ]
     batch = TestedBatch(index=0, problems=[problem], candidates=[candidates], results=[results])
-    experiences, records = pipeline._records_of(batch, iteration=1)
+    records = pipeline._scored(records_of(batch, iteration=1, phase="btp", kind="beam"))
     buffer = ReplayBuffer(config.replay)
-    buffer.add(experiences)
+    buffer.add([t.experience() for t in records])
     _, drawn = buffer.sample(200, True)
     sampled_by = {e.code: e.p2value for e in drawn}
-    logged = {r["program"]: r["p2value"] for r in records}
+    logged = {t.candidate.program: t.p2value for t in records}
     assert set(sampled_by) == set(logged) and sampled_by == pytest.approx(logged)
     expected = {
         c.program: 0.3 * (math.exp(c.mean_logprob * c.num_tokens) if mode == "product" else math.exp(c.mean_logprob))

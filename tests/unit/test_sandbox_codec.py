@@ -1,7 +1,7 @@
 """The judge's side of the value channel, without a sandbox: what a program child's reply can become in the judge.
 
-The codec and the runtime are the modules the fork server loads (``_codec.py``, ``_runtime.py``); here they are
-exercised in-process on hand-made replies, as a hostile program child could send them.
+The codec and the harness are modules of the fork server (``forkserver/codec.py``, ``forkserver/harness.py``); here
+they are exercised in-process on hand-made replies, as a hostile program child could send them.
 """
 
 from __future__ import annotations
@@ -9,13 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from btp_ray.execution import _server
-
-codec, runtime = _server.codec, _server.runtime
+from btp_ray.execution.forkserver import codec, harness
 
 
 def _judge_decode(encoded):
-    channel = runtime.Channel(codec.build_encoder(), np)
+    channel = harness.Channel(codec.build_encoder(), np)
     return channel.decode(encoded)
 
 
@@ -40,7 +38,7 @@ def test_objects_of_the_program_are_opaque_handles_that_refuse_to_be_judged():
 
     handles: list = []
     handle = _judge_decode(codec.build_encoder()(Same("x"), handles))
-    assert isinstance(handle, runtime.ProgramObject) and handles[0] == "x"
+    assert isinstance(handle, harness.ProgramObject) and handles[0] == "x"
     for judged in (lambda h: h == "x", lambda h: h != "x", lambda h: bool(h), len, hash, list, lambda h: "x" in h):
         with pytest.raises(TypeError, match="Same object of the program is not a plain builtin value"):
             judged(handle)
@@ -72,4 +70,4 @@ def test_a_module_the_program_imported_is_the_judges_own_and_a_function_never_is
     assert _judge_decode(["m", "math"]) is __import__("math")
     # A program function that claims to be math.isclose stays the program's: a handle, never the judge's isclose.
     claimed = _judge_decode(["k", "math", "isclose", ["h", 4, "function"]])
-    assert isinstance(claimed, runtime.ProgramObject)
+    assert isinstance(claimed, harness.ProgramObject)

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from btp_ray.data.types import TestCase
-from btp_ray.execution import ExecutionStatus, IsolationLevel, Sandbox, SandboxConfig, _server
+from btp_ray.execution import ExecutionStatus, IsolationLevel, Sandbox, SandboxConfig
+from btp_ray.execution.forkserver import linux, seccomp
 from tests.sandbox_helpers import settled
 
 pyseccomp = pytest.importorskip("pyseccomp")
@@ -59,19 +60,19 @@ def _in_child(probe) -> tuple[int, ...]:
 
 
 def test_exported_seccomp_program_is_whole_bpf_instructions():
-    program = _server._seccomp_bpf(pyseccomp)
+    program = seccomp.seccomp_bpf(pyseccomp)
     assert len(program) % 8 == 0
     assert 8 < len(program) // 8 < 4096  # BPF_MAXINSNS
 
 
 def test_precompiled_seccomp_filter_denies_in_a_child_that_only_loads_it():
-    loaded = _server._SeccompProgram(_server._seccomp_bpf(pyseccomp))
+    loaded = seccomp.SeccompProgram(seccomp.seccomp_bpf(pyseccomp))
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
 
     def probe():
         before = libc.unshare(0)  # allowed before the filter: unshare with no flags is a no-op
-        _server._prctl(_server.PR_SET_NO_NEW_PRIVS, 1)
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         loaded.load()
         ctypes.set_errno(0)
         unshare = libc.unshare(CLONE_NEWNET)

@@ -1,7 +1,7 @@
 """What runs inside the sandbox's children: the value channel, the program harness and the judge harness.
 
-Loaded by ``_server.py`` (from its own directory, with the standard library only, after ``_codec.py``) before it
-forks anything. Two kinds of child run a job:
+Loaded with the fork server (standard library only) before it forks anything; ``children.py`` prepares each child and
+then hands it to :func:`run_program` or :func:`run_judge`. Two kinds of child run a job:
 
 - the **program child** executes the untrusted program and nothing of the tests but their direct calls: for a test
   ``assert f(<literals>) <op> <literal>`` it calls ``f`` and reports the value in a strict typed encoding (the
@@ -23,17 +23,8 @@ So the test's helpers, the builtins and the stdlib modules the test uses live in
 import builtins
 import sys
 
-from _btp_sandbox_codec import (
-    CALLS_FD,
-    JUDGE_MODULES,
-    REPLIES_FD,
-    ValueError_,
-    build_decoder,
-    error_line,
-    recv_message,
-    resolve_trusted,
-    send_message,
-)
+from .codec import JUDGE_MODULES, ValueError_, build_decoder, error_line, resolve_trusted
+from .wire import CALLS_FD, REPLIES_FD, recv_message, send_message
 
 
 # ------------------------------------------------------------------------------------------------ program child

@@ -1,71 +1,25 @@
-"""The sandbox's value channel: framing and the strict typed encoding of values between its children and the owner.
+"""The sandbox's strict typed encoding of values, between its children and the owner.
 
-Loaded by ``_server.py`` (standard library only) as ``_btp_sandbox_codec``. The encoding carries builtin values of
-exact types (``int``, ``float``, ``str``, ``bytes``, ``complex``, ``None``, ``bool`` and the containers), numpy
-scalars and arrays (by dtype, rebuilt by the receiver's own numpy), ranges and builtin iterators (as their items),
-modules (by name) and, for any other object, a handle: the object stays where it is and only its index travels.
-Decoding builds nothing but those; it never runs code from the message. See ``_runtime.py`` for who sends what.
+Loaded with the fork server (standard library only). The encoding carries builtin values of exact types (``int``,
+``float``, ``str``, ``bytes``, ``complex``, ``None``, ``bool`` and the containers), numpy scalars and arrays (by dtype,
+rebuilt by the receiver's own numpy), ranges and builtin iterators (as their items), modules (by name) and, for any
+other object, a handle: the object stays where it is and only its index travels. Decoding builds nothing but those; it
+never runs code from the message. See ``harness.py`` for who sends what, ``wire.py`` for how it is framed.
 """
 
 import itertools
-import json
-import os
 import re
-import struct
 import sys
 import traceback
 
-RESULT_FD = 3
-CALLS_FD = 5  # program child: calls from the judge;   judge child: calls to the program
-REPLIES_FD = 6  # program child: replies to the judge;  judge child: replies from the program
-MAX_MESSAGE_BYTES = 64 << 20
 MAX_NODES = 200_000
 MAX_DEPTH = 100
 _NUMPY_KINDS = frozenset("biufcUS")
 _DTYPE = re.compile(r"^[<>|=]?[biufcUS][0-9]{1,4}$")
 
 
-# ----------------------------------------------------------------------------------------------------- framing
-def write_all(fd, data, write=os.write):
-    view = memoryview(data)
-    while view:
-        view = view[write(fd, view) :]
-
-
-def read_exact(fd, n, read=os.read):
-    chunks = []
-    while n:
-        chunk = read(fd, min(n, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def recv_message(fd):
-    """One length-prefixed JSON message, or None at end of file or for a malformed or oversized one."""
-    header = read_exact(fd, 4)
-    if header is None:
-        return None
-    size = struct.unpack(">I", header)[0]
-    if size > MAX_MESSAGE_BYTES:
-        return None
-    body = read_exact(fd, size)
-    if body is None:
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-
-
-def send_message(fd, message):
-    body = json.dumps(message, ensure_ascii=True).encode()
-    write_all(fd, struct.pack(">I", len(body)) + body)
-
-
 def error_line(exc):
+    """The last line of the exception's report (``ValueError: ...``), at most 2,000 characters."""
     try:
         lines = traceback.format_exception_only(type(exc), exc)
         text = lines[-1].strip() if lines else type(exc).__name__
