@@ -90,6 +90,13 @@ BTP_FLAGS: tuple[Flag, ...] = (
     Flag(flag_spellings("--sampling-alpha"), "replay.beta", "priority exponent β of the replay sampling", float),
     Flag(flag_spellings("--p2value-alpha"), "replay.alpha", "α in P2Value = α·possibility + (1−α)·pass_rate", float),
     Flag(
+        flag_spellings("--rescore-after-train"),
+        "replay.rescore_after_train",
+        "after each fine-tuning round, re-score every buffered program's possibility under the new adapter",
+        str2bool,
+        boolean=True,
+    ),
+    Flag(
         flag_spellings("--use-lora"),
         "training.use_lora",
         "fine-tune LoRA adapters (true) or all weights (false)",

@@ -173,6 +173,11 @@ class ExperimentConfig:
                     f"training.base_model: the target {self.training.base_model!r} is an API model and cannot be "
                     "fine-tuned here; pass a local model with --target-model"
                 )
+        elif self.replay.rescore_after_train:
+            raise ValueError(
+                f"replay.rescore_after_train: --mode {self.mode.value} trains no adapter to re-score the buffer "
+                "under; drop --rescore-after-train or pick a training mode (finetune, hybrid)"
+            )
 
     @property
     def trains(self) -> bool:

@@ -32,6 +32,7 @@ from btp_ray.pipeline.records import (
     learner_chats,
     training_examples,
 )
+from btp_ray.pipeline.rescore import rescore_buffer
 from btp_ray.pipeline.run_dir import METRICS, RESULTS, RunDirectory, RunState
 from btp_ray.pipeline.services import Services
 from btp_ray.pipeline.steps import evaluation_of, tested_batches
@@ -197,6 +198,10 @@ class BTPPipeline:
         self.metrics.gauge("btp_buffer_size", record["buffer"].get("size", 0))
         if training:
             record["train"] = self._train_phase(services, iteration, pending)
+            trained = record["train"]  # with replay.rescore_after_train: the buffer re-scored under the new adapter
+            rescored = rescore_buffer(services.replay, self.config, trained["adapter_dir"], self.problems_by_id)
+            if rescored is not None:
+                record["rescore"] = rescored
             phase_s["train"] = record["train"]["wall_s"]
             completed(PHASE_TRAIN)
         if self.eval_problems and self.config.trains:

@@ -1,4 +1,4 @@
-"""P2Value-prioritised experience replay: records, the buffer, its persistence and its Ray actor.
+"""P2Value-prioritised experience replay: records, the buffer and its result types, its persistence and its Ray actor.
 
 ``ReplayBufferActor`` and ``create_replay_actor`` import Ray on first use, so the buffer itself is usable (and
 unit-testable) without Ray.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from btp_ray.replay.buffer import AddResult, BufferState, ReplayBuffer, ReplayStats, UpdateResult
+from btp_ray.replay.buffer import ReplayBuffer
 from btp_ray.replay.config import Eviction, ReplayConfig, Strategy
 from btp_ray.replay.experience import (
     Experience,
@@ -18,6 +18,7 @@ from btp_ray.replay.experience import (
     possibility_from_logprob,
     scored,
 )
+from btp_ray.replay.results import AddResult, BufferState, ReplayStats, UpdateResult
 
 __all__ = [
     "AddResult",

@@ -12,18 +12,16 @@ Performance (a ``sample(256)`` + ``update`` step at 10^6 entries is a few hundre
 :class:`Experience` of an updated entry is only marked stale and rebuilt from the columns when it is next returned,
 so an update allocates no records. The loops over a batch (tree walks, id resolution, re-scoring, the rank merge)
 are compiled (:mod:`btp_ray.replay.kernels`), and the eviction tree is brought up to date only when an ``add`` needs
-to evict.
+to evict. What the buffer returns and is saved as lives in :mod:`btp_ray.replay.results`.
 """
 
 from __future__ import annotations
 
-import logging
-import marshal
 import math
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,11 +30,17 @@ from btp_ray.replay import kernels
 from btp_ray.replay.config import Eviction, ReplayConfig, Strategy
 from btp_ray.replay.experience import Experience, dedup_key, possibility_from_logprob, scored
 from btp_ray.replay.rank import RankOrder
+from btp_ray.replay.results import (
+    AddResult,
+    BufferState,
+    ReplayStats,
+    UpdateResult,
+    checked_per_test,
+    copy_with_fields,
+    rescored_copy,
+)
 from btp_ray.replay.trees import DeferredArgmin, SumTree
 
-logger = logging.getLogger(__name__)
-
-HISTOGRAM_BINS = 10
 _POWER_FAMILY = (Strategy.POWER, Strategy.PASS_RATE, Strategy.POSSIBILITY)
 _SCORE_KIND = {
     Strategy.POWER: kernels.SCORE_P2VALUE,
@@ -54,66 +58,6 @@ _SLOT_FIELDS = np.dtype(
         "itemsize": 64,
     }
 )
-
-
-@dataclass(frozen=True)
-class AddResult:
-    """Outcome of :meth:`ReplayBuffer.add`. ``ids[i]`` is the id now holding input i (the surviving entry for a
-    duplicate), or -1 when the input was rejected because the buffer was full of higher-priority entries."""
-
-    ids: tuple[int, ...]
-    added: int
-    duplicates: int
-    evicted: int
-    rejected: int
-
-
-@dataclass(frozen=True)
-class UpdateResult:
-    """Outcome of :meth:`ReplayBuffer.update`: entries updated, and ids that were no longer in the buffer."""
-
-    updated: int
-    missing: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ReplayStats:
-    """A summary of the buffer's contents and history."""
-
-    size: int
-    capacity: int
-    strategy: str
-    per_problem: dict[str, int]
-    p2value_histogram: tuple[int, ...]
-    histogram_edges: tuple[float, ...]
-    mean_p2value: float
-    mean_pass_rate: float
-    fully_passing: int
-    total_added: int
-    duplicates: int
-    evicted: int
-    rejected: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **self.__dict__,
-            "p2value_histogram": list(self.p2value_histogram),
-            "histogram_edges": list(self.histogram_edges),
-        }
-
-
-@dataclass
-class BufferState:
-    """Everything needed to rebuild a buffer: its entries in slot order and its counters (see ``snapshot``)."""
-
-    capacity: int
-    experiences: list[Experience]
-    ids: np.ndarray
-    seqs: np.ndarray
-    duplicates: np.ndarray
-    next_seq: int
-    counters: dict[str, int]
-    rng_state: dict[str, Any] = field(default_factory=dict)
 
 
 class ReplayBuffer:
@@ -202,19 +146,13 @@ class ReplayBuffer:
 
     def stats(self) -> ReplayStats:
         size = self._size
-        edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
-        histogram, _ = np.histogram(self._p2value[:size], bins=edges)
-        return ReplayStats(
-            size=size,
+        return ReplayStats.of(
+            self._p2value[:size],
+            self._pass_rate[:size],
             capacity=self.capacity,
             strategy=self.config.strategy.value,
-            per_problem=dict(sorted(self._per_problem.items())),
-            p2value_histogram=tuple(int(count) for count in histogram),
-            histogram_edges=tuple(float(edge) for edge in edges),
-            mean_p2value=float(self._p2value[:size].mean()) if size else 0.0,
-            mean_pass_rate=float(self._pass_rate[:size].mean()) if size else 0.0,
-            fully_passing=int(np.count_nonzero(self._pass_rate[:size] == 1.0)),
-            **self._counters,
+            per_problem=self._per_problem,
+            counters=self._counters,
         )
 
     # ---------------------------------------------------------------------------------------------------- add
@@ -378,7 +316,7 @@ class ReplayBuffer:
 
         # Validate and compute everything first: a bad value raises before anything changes.
         if per_test is not None:
-            results, pass_rates = _checked_per_test(
+            results, pass_rates = checked_per_test(
                 per_test if all_present and type(per_test) is list else [per_test[index] for index in positions]
             )
         else:
@@ -461,7 +399,7 @@ class ReplayBuffer:
         possibility, value = scored(record, self.config.alpha, self.config.possibility)
         if possibility == record.possibility and value == record.p2value:
             return record
-        return _with_fields(record, {"possibility": possibility, "p2value": value})
+        return copy_with_fields(record, {"possibility": possibility, "p2value": value})
 
     def _score_of(self, record: Experience) -> float:
         strategy = self.config.strategy
@@ -498,7 +436,7 @@ class ReplayBuffer:
         )
         records = self._records
         for slot, per_test, pass_rate, possibility, value, logprob, updated_at in columns:
-            records[slot] = _rescored(records[slot], per_test, pass_rate, possibility, value, logprob, updated_at)
+            records[slot] = rescored_copy(records[slot], per_test, pass_rate, possibility, value, logprob, updated_at)
         self._stale[stale] = False
 
     def _refreshed_records(self, size: int) -> list[Experience]:
@@ -558,63 +496,3 @@ def _slot_table(capacity: int) -> np.ndarray:
     table["possibility"] = np.nan
     table["mean_logprob"] = np.nan
     return table
-
-
-def _checked_per_test(rows: list[Sequence[bool]]) -> tuple[list[tuple[bool, ...]], np.ndarray]:
-    """``rows`` as non-empty tuples of bools, and each row's pass rate; ``ValueError`` for anything else.
-
-    The usual input, tuples of ``True``/``False``, is checked and counted from its ``marshal`` serialisation in one
-    compiled pass (a Python loop over every result cost more than the rest of an update); any other input is
-    checked and converted row by row.
-    """
-    try:
-        data = marshal.dumps(rows, kernels.MARSHAL_VERSION)
-    except ValueError:  # an object marshal cannot write: not a bool, so the slow path will say which
-        data = b""
-    ok, passed, lengths = kernels.count_marshalled_bool_rows(np.frombuffer(data, dtype=np.uint8), len(rows))
-    if ok:
-        return rows, passed / lengths
-    checked = [_check_per_test(results) for results in rows]
-    return checked, np.array([sum(results) / len(results) for results in checked], dtype=np.float64)
-
-
-def _check_per_test(results: Sequence[bool]) -> tuple[bool, ...]:
-    if not isinstance(results, (tuple, list, np.ndarray)) or not len(results):
-        raise ValueError(f"per_test results must be a non-empty tuple or list of bools, got {results!r}")
-    if type(results) is tuple and all(result is True or result is False for result in results):
-        return results
-    if not all(isinstance(result, (bool, np.bool_)) for result in results):
-        raise ValueError(f"per_test results must be bools, got {results!r}")
-    return tuple(bool(result) for result in results)
-
-
-def _rescored(
-    record: Experience,
-    per_test: tuple[bool, ...],
-    pass_rate: float,
-    possibility: float,
-    value: float,
-    mean_token_logprob: float,
-    updated_at: float,
-) -> Experience:
-    """``record`` with the fields ``update`` changes replaced (NaN possibility or log-prob: ``None``); like
-    :func:`_with_fields` without building a dict of changes, since it runs for every updated record drawn again."""
-    copy = object.__new__(Experience)
-    fields = copy.__dict__
-    fields.update(record.__dict__)
-    fields["per_test"] = per_test
-    fields["pass_rate"] = pass_rate
-    fields["possibility"] = None if math.isnan(possibility) else possibility
-    fields["p2value"] = value
-    fields["mean_token_logprob"] = None if math.isnan(mean_token_logprob) else mean_token_logprob
-    fields["updated_at"] = updated_at
-    return copy
-
-
-def _with_fields(record: Experience, changes: dict[str, Any]) -> Experience:
-    """A copy of ``record`` with ``changes`` applied, skipping re-validation: callers pass validated values. (About
-    10× cheaper than ``dataclasses.replace``.)"""
-    copy = object.__new__(Experience)
-    copy.__dict__.update(record.__dict__)
-    copy.__dict__.update(changes)
-    return copy

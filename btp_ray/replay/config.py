@@ -47,6 +47,11 @@ class ReplayConfig:
     drawable; the default 0 keeps the distribution exactly as defined. ``checkpoint_every``: the actor writes a full
     snapshot every this many mutating calls (add/update) and journals the calls in between, so nothing acknowledged is
     lost either way. ``keep_checkpoints``: snapshots kept on disk (the newest and its predecessors).
+
+    ``rescore_after_train`` (a pipeline option; the buffer itself ignores it): after each fine-tuning round, score
+    every buffered program again under the target with its new adapter (teacher-forced mean token log-prob, the
+    learner's own format; :mod:`btp_ray.pipeline.rescore`) and update the buffer, so that the next draws rank programs
+    by how likely the model being trained now finds them, not by how likely the model that wrote them did.
     """
 
     capacity: int = 100_000
@@ -60,6 +65,7 @@ class ReplayConfig:
     deduplicate: bool = True
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
+    rescore_after_train: bool = False
 
     def __post_init__(self) -> None:
         for name, enum_type in (
@@ -86,8 +92,9 @@ class ReplayConfig:
             raise ValueError(f"ReplayConfig.alpha (the P2Value weight) must be in [0, 1], got {self.alpha!r}")
         if not _is_number(self.epsilon) or not (0.0 <= self.epsilon < 1.0):
             raise ValueError(f"ReplayConfig.epsilon (the priority floor) must be in [0, 1), got {self.epsilon!r}")
-        if not isinstance(self.deduplicate, bool):
-            raise ValueError(f"ReplayConfig.deduplicate must be a bool, got {self.deduplicate!r}")
+        for name in ("deduplicate", "rescore_after_train"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ReplayConfig.{name} must be a bool, got {getattr(self, name)!r}")
         object.__setattr__(self, "beta", float(self.beta))
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "epsilon", float(self.epsilon))

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from btp_ray.replay.buffer import AddResult, ReplayBuffer, ReplayStats, UpdateResult
+from btp_ray.replay.buffer import ReplayBuffer
 from btp_ray.replay.config import ReplayConfig
 from btp_ray.replay.experience import Experience
+from btp_ray.replay.results import AddResult, ReplayStats, UpdateResult
 from btp_ray.replay.storage import (
     CheckpointStore,
     experiences_to_table,
@@ -116,6 +117,11 @@ class ReplayService:
 
     def get(self, ids: Sequence[int] | np.ndarray) -> list[Experience]:
         return self.buffer.get(ids)
+
+    def entries(self) -> tuple[np.ndarray, list[Experience]]:
+        """``(ids, experiences)`` of every entry, in slot order (what re-scoring after training reads)."""
+        ids = self.buffer.ids()
+        return ids, self.buffer.get(ids)
 
     def size(self) -> int:
         return len(self.buffer)

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from btp_ray.replay.buffer import BufferState
 from btp_ray.replay.experience import Experience
+from btp_ray.replay.results import BufferState
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ default local start, sandboxes that cannot reach the GCS or dashboard, and a mul
 raylet holds the ``sandbox`` resource, the executors land only there, and killing that raylet mid-run loses no result.
 
 The ``local_ray_head`` fixture (module scope) is the one to reuse for ``ray job submit`` tests: it yields a started
-:class:`btp_ray.cluster.LocalRayCluster`; ``cluster.driver_env()`` is the environment for ``ray job ...`` commands
+:class:`tests.local_cluster.LocalRayCluster`; ``cluster.driver_env()`` is the environment for ``ray job ...`` commands
 (with ``--address cluster.dashboard_url``) and for drivers (``RAY_ADDRESS`` is set to the GCS).
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from btp_ray.cluster import LocalNode, LocalRayCluster, NodeSpec, listeners_of
 from btp_ray.data.types import TestCase
 from btp_ray.execution import ExecutionStatus, Sandbox, SandboxConfig
+from tests.local_cluster import LocalNode, LocalRayCluster, NodeSpec, listeners_of
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Dead raylets are noticed in ~3 s instead of Ray's default ~15 s; the behaviour under test is the same.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from btp_ray.cluster import LocalRayCluster, NodeSpec
+from tests.local_cluster import LocalRayCluster, NodeSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

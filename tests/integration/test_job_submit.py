@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from btp_ray.cluster import LocalRayCluster, NodeSpec
 from btp_ray.pipeline.progress import RunMetrics
+from tests.local_cluster import LocalRayCluster, NodeSpec
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from btp_ray.cluster import LocalRayCluster, NodeSpec
 from btp_ray.experiment_config import build_experiment_config
 from btp_ray.pipeline.run_dir import RunDirectory
 from btp_ray.pipeline.runner import BTPPipeline
 from btp_ray.training.tiny_model import make_tiny_llama
+from tests.local_cluster import LocalRayCluster, NodeSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

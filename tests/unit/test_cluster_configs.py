@@ -15,7 +15,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.runtime_env import RuntimeEnv
 
-from btp_ray.cluster import (
+from tests.local_cluster import (
     LOOPBACK,
     WORKER_LOOPBACK,
     HeadPorts,
@@ -183,7 +183,7 @@ def test_runtime_env_is_accepted_by_ray():
     assert runtime_env["env_vars"]["PYTHONUNBUFFERED"] == "1"
 
 
-# ------------------------------------------------------------------------------------- btp_ray.cluster, no Ray
+# ------------------------------------------------------------------------------- tests.local_cluster, no Ray
 def test_node_spec_validates_and_renders_resource_flags():
     flags = NodeSpec(num_cpus=2, resources={"sandbox": 2}).resource_flags()
     assert flags[flags.index("--num-cpus") + 1] == "2"

@@ -5,7 +5,13 @@
 2.60) and token authentication on with a token of its own. It can add worker raylets (``ray start --address``) with
 their own resources, kill one like a lost machine, and stops exactly the processes it started (never ``ray stop``,
 which would stop every Ray cluster of the host). Integration tests use it to submit jobs and to simulate several
-nodes on one host; users can use it to try a cluster set-up on one machine.
+nodes on one host.
+
+Why not Ray's own ``ray.cluster_utils.Cluster``: it starts nodes in-process through ``ray._private.node.Node``, not
+through ``ray start`` as a user would; its nodes default to the host's IP address rather than loopback, it leaves token
+authentication to the caller's environment, and writes the host-wide "current cluster" address file, so that any
+bare ``ray.init()`` of another process on this shared machine would attach to it. The tests here check exactly the
+``ray start`` command lines, loopback listeners and token that a user's set-up gets.
 
 The command lines and environments are plain functions (:func:`head_command`, :func:`worker_command`,
 :func:`node_environment`) so that they are unit-tested without starting anything.
