@@ -230,13 +230,18 @@ def draw(arm: str, pool: Any, args: argparse.Namespace) -> list[Any]:
 def sensitivity_examples(eval_problems: list[Any], args: argparse.Namespace) -> list[Any]:
     """The evaluation problems' own references, drawn uniformly to the same budget (a leak on purpose)."""
     from btp_ray.replay import Experience
+    from btp_ray.sampling.base import user_message
 
     rng = random.Random(args.seed)
     refs = [p for p in eval_problems if p.reference_program()]
     chosen = [rng.choice(refs) for _ in range(args.budget)]
     return [
         Experience(
-            problem_id=p.task_id, code=p.reference_program(), per_test=tuple(True for _ in p.tests), prompt=p.prompt
+            problem_id=p.task_id,
+            code=p.reference_program(),
+            per_test=tuple(True for _ in p.tests),
+            prompt=p.prompt,
+            chat_prompt=user_message(p),
         )
         for p in chosen
     ]
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             system_prompt=harness.system_prompt,
         )
-        trainer = LocalTrainer(training, train + held_out)
+        trainer = LocalTrainer(training)
         # The sensitivity check right after the baseline: without it a null result cannot be read.
         plan = ["baseline"] + ([] if args.no_sensitivity else ["sensitivity"])
         plan += [arm for arm in args.arm_list if arm != "baseline"]

@@ -134,7 +134,7 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     _start(config, output_dir, args)
     with start_study_services(config) as services:
         study = AblationStudy(
-            config, settings, services=services, trainer=make_trainer(settings.trainer, config.training, train),
+            config, settings, services=services, trainer=make_trainer(settings.trainer, config.training),
             train_problems=train, eval_problems=evaluation, output_dir=output_dir,
         )  # fmt: skip
         results = study.run()

@@ -233,7 +233,7 @@ class TrialRunner:
         from btp_ray.experiments.training import LocalTrainer
 
         adapter_dir = Path(self.context.output_dir) / "trials" / f"trial_{self.knobs['index']:03d}"
-        result = LocalTrainer(training, self.context.train_problems).train(
+        result = LocalTrainer(training).train(
             drawn,
             seed=self.context.seed,
             output_dir=adapter_dir,

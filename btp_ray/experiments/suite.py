@@ -164,7 +164,7 @@ class Suite:
             self.config,
             self.settings.ablation,
             services=services,
-            trainer=make_trainer(self.settings.ablation.trainer, self.config.training, train),
+            trainer=make_trainer(self.settings.ablation.trainer, self.config.training),
             train_problems=train,
             eval_problems=evaluation,
             output_dir=directory,

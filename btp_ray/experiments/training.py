@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from btp_ray.data.types import Problem
 from btp_ray.pipeline.records import learner_chats, training_examples
 from btp_ray.replay import Experience
 from btp_ray.training import TrainingConfig, TrainResult
@@ -76,9 +75,8 @@ class Trainer(Protocol):
 class LocalTrainer:
     """The one-process ``Learner``; one learner (one loaded base model) per training seed, the latest kept."""
 
-    def __init__(self, config: TrainingConfig, problems: Sequence[Problem]) -> None:
+    def __init__(self, config: TrainingConfig) -> None:
         self.config = config
-        self.problems = {p.task_id: p for p in problems}
         self._learner: Any = None
 
     def _learner_for(self, seed: int) -> Any:
@@ -93,7 +91,7 @@ class LocalTrainer:
     ) -> TrainSummary:
         """Fine-tune on ``experiences``; ``on_step`` gets each step's metrics as it happens (a Tune trial's loss)."""
         learner = self._learner_for(seed)
-        examples = training_examples(experiences, self.problems, chat=learner_chats(learner))
+        examples = training_examples(experiences, chat=learner_chats(learner))
         started = time.perf_counter()
         result = learner.train(examples, output_dir=output_dir, iteration=1, on_step=on_step)
         return TrainSummary.of(result, output_dir, examples=len(examples), wall_s=time.perf_counter() - started)
@@ -102,22 +100,21 @@ class LocalTrainer:
 class RayTrainTrainer:
     """The same learner as a Ray Train ``TorchTrainer`` job per fit (needs Ray)."""
 
-    def __init__(self, config: TrainingConfig, problems: Sequence[Problem]) -> None:
+    def __init__(self, config: TrainingConfig) -> None:
         self.config = config
-        self.problems = {p.task_id: p for p in problems}
 
     def train(self, experiences: Sequence[Experience], *, seed: int, output_dir: Path) -> TrainSummary:
         from btp_ray.training import RayLearner
 
         learner = RayLearner(dataclasses.replace(self.config, seed=seed))
-        examples = training_examples(experiences, self.problems, chat=learner_chats(learner))
+        examples = training_examples(experiences, chat=learner_chats(learner))
         started = time.perf_counter()
         result = learner.train(examples, iteration=1, output_dir=output_dir, run_name=f"study-{output_dir.name}")
         return TrainSummary.of(result, output_dir, examples=len(examples), wall_s=time.perf_counter() - started)
 
 
-def make_trainer(kind: TrainerKind | str, config: TrainingConfig, problems: Sequence[Problem]) -> Trainer:
+def make_trainer(kind: TrainerKind | str, config: TrainingConfig) -> Trainer:
     kind = TrainerKind(kind)
     if kind is TrainerKind.RAY_TRAIN:
-        return RayTrainTrainer(config, problems)
-    return LocalTrainer(config, problems)
+        return RayTrainTrainer(config)
+    return LocalTrainer(config)

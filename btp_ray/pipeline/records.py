@@ -34,8 +34,9 @@ class TestedCandidate:
     """A candidate program with its sandbox verdict.
 
     ``num_tests`` is the problem's test count: a program that never reached its tests (it did not load) has an empty
-    ``result.per_test`` and counts as failing every test. ``prompt`` is the problem's prompt as the dataset gives it
-    (samplers render it raw or as the chat user turn; :func:`training_examples` renders it as the learner does).
+    ``result.per_test`` and counts as failing every test. ``prompt`` is the problem as a completion model is shown it
+    (the dataset's prompt) and ``chat_prompt`` as a chat model's user turn shows it; fine-tuning uses the one in the
+    learner's format (:func:`training_examples`), so no later step goes back to the problem.
     ``p2value`` is set for programs offered to the replay buffer (see :meth:`scored`), ``None`` otherwise.
     """
 
@@ -45,6 +46,7 @@ class TestedCandidate:
     result: ExecutionResult
     num_tests: int
     prompt: str = ""
+    chat_prompt: str = ""
     iteration: int = 0
     phase: str = BTP_POOL
     kind: str = "beam"  # beam / sample / greedy: how the candidate was drawn
@@ -59,7 +61,16 @@ class TestedCandidate:
     @classmethod
     def of(cls, problem: Problem, candidate: Candidate, result: ExecutionResult, **where: Any) -> TestedCandidate:
         """The record of ``candidate`` of ``problem`` tested into ``result`` (``where``: iteration, phase, kind)."""
-        return cls(candidate=candidate, result=result, num_tests=len(problem.tests), prompt=problem.prompt, **where)
+        from btp_ray.sampling.base import user_message
+
+        return cls(
+            candidate=candidate,
+            result=result,
+            num_tests=len(problem.tests),
+            prompt=problem.prompt,
+            chat_prompt=user_message(problem),
+            **where,
+        )
 
     @property
     def task_id(self) -> str:
@@ -87,6 +98,7 @@ class TestedCandidate:
             code=self.candidate.program,
             per_test=self.per_test,
             prompt=self.prompt,
+            chat_prompt=self.chat_prompt,
             source_model=str(self.candidate.sampler),
             iteration=self.iteration,
             token_count=self.candidate.num_tokens,
@@ -110,6 +122,7 @@ class TestedCandidate:
             "rank": candidate.rank,
             "sampler": candidate.sampler.to_dict(),
             "prompt": self.prompt,
+            "chat_prompt": self.chat_prompt,
             "program": candidate.program,
             "completion": candidate.completion,
             "num_tokens": candidate.num_tokens,
@@ -164,6 +177,7 @@ class TestedCandidate:
             result=result,
             num_tests=line.get("num_tests", line["total"]),
             prompt=line.get("prompt", ""),
+            chat_prompt=line.get("chat_prompt", ""),
             iteration=line["iteration"],
             phase=line["phase"],
             kind=line["kind"],
@@ -181,15 +195,14 @@ def records_of(batch: Any, **where: Any) -> list[TestedCandidate]:
     return records
 
 
-def training_examples(experiences: Sequence[Experience], problems: Mapping[str, Problem], *, chat: bool) -> list[Any]:
-    """Fine-tuning examples of drawn replay records, on exactly the prompt the samplers show the model: the chat user
-    turn when the learner trains in chat format, the raw prompt otherwise; weighted by P2Value."""
-    from btp_ray.sampling.base import user_message
+def training_examples(experiences: Sequence[Experience], *, chat: bool) -> list[Any]:
+    """Fine-tuning examples of drawn replay records, on exactly the prompt the samplers show the model: the record's
+    chat user turn when the learner trains in chat format, its raw prompt otherwise; weighted by P2Value."""
     from btp_ray.training import TrainingExample
 
     return [
         TrainingExample(
-            prompt=user_message(problems[e.problem_id]) if chat else e.prompt,
+            prompt=(e.chat_prompt or e.prompt) if chat else e.prompt,
             program=e.code,
             weight=float(e.p2value or 0.0),
             problem_id=e.problem_id,

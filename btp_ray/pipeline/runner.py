@@ -322,7 +322,7 @@ class BTPPipeline:
             raise RuntimeError(f"iteration {iteration}: the replay buffer is empty; nothing to fine-tune on")
         started = time.perf_counter()
         _, experiences = ray.get(services.replay.sample.remote(self.config.batch_size, True))
-        examples = training_examples(experiences, self.problems_by_id, chat=learner_chats(learner))
+        examples = training_examples(experiences, chat=learner_chats(learner))
         if pending is None:
             pending = self._start_learner(iteration)
         pending.feed(examples)

@@ -114,6 +114,7 @@ class Experience:
     code: str
     per_test: tuple[bool, ...] = ()
     prompt: str = ""
+    chat_prompt: str = ""  # the problem as a chat model's user turn shows it ("" when unknown: ``prompt`` is used)
     source_model: str = ""
     iteration: int = 0
     token_count: int = 0
@@ -128,7 +129,7 @@ class Experience:
         set_field = object.__setattr__
         if not isinstance(self.problem_id, str) or not self.problem_id:
             raise ValueError(f"Experience.problem_id must be a non-empty string, got {self.problem_id!r}")
-        for name in ("code", "prompt", "source_model"):
+        for name in ("code", "prompt", "chat_prompt", "source_model"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"Experience.{name} must be a string, got {type(getattr(self, name)).__name__}")
         for name in ("iteration", "token_count"):

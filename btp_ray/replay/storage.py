@@ -39,6 +39,7 @@ EXPERIENCE_SCHEMA = pa.schema(
     [
         ("problem_id", pa.string()),
         ("prompt", pa.string()),
+        ("chat_prompt", pa.string()),
         ("code", pa.string()),
         ("source_model", pa.string()),
         ("iteration", pa.int64()),
@@ -52,6 +53,8 @@ EXPERIENCE_SCHEMA = pa.schema(
         ("updated_at", pa.float64()),
     ]
 )
+# Columns that checkpoints written before them lack; such records take the field's default.
+_ADDED_LATER = frozenset({"chat_prompt"})
 _BOOKKEEPING = [("id", pa.int64()), ("seq", pa.int64()), ("duplicates", pa.int64())]
 
 
@@ -74,13 +77,12 @@ def experiences_to_table(experiences: Sequence[Experience], **bookkeeping: np.nd
 
 def table_to_experiences(table: pa.Table) -> list[Experience]:
     """The inverse of :func:`experiences_to_table` (extra columns are ignored). Records are re-validated."""
-    missing = [name for name in EXPERIENCE_SCHEMA.names if name not in table.column_names]
+    missing = [name for name in EXPERIENCE_SCHEMA.names if name not in table.column_names and name not in _ADDED_LATER]
     if missing:
         raise ValueError(f"table lacks experience columns {missing}")
-    columns = {name: table.column(name).to_pylist() for name in EXPERIENCE_SCHEMA.names}
-    return [
-        Experience(**{name: columns[name][row] for name in EXPERIENCE_SCHEMA.names}) for row in range(table.num_rows)
-    ]
+    names = [name for name in EXPERIENCE_SCHEMA.names if name in table.column_names]
+    columns = {name: table.column(name).to_pylist() for name in names}
+    return [Experience(**{name: columns[name][row] for name in names}) for row in range(table.num_rows)]
 
 
 def _serialise(table: pa.Table, metadata: dict[str, Any]) -> bytes:

@@ -116,3 +116,19 @@ def test_in_memory_service_persists_nothing(tmp_path: Path) -> None:
     service.add(batch(0, 2))
     assert service.checkpoint() is None and service.size() == 2
     assert np.array_equal(np.sort(service.buffer.ids()), np.array([0, 1]))
+
+
+def test_records_round_trip_and_a_checkpoint_without_the_chat_prompt_column_still_loads() -> None:
+    """The chat prompt joined the records after checkpoints existed: an older table (without that column) loads, its
+    records taking the default."""
+    from btp_ray.replay.storage import experiences_to_table, table_to_experiences
+
+    records = [
+        Experience("T/1", "def f():\n    return 1\n", (True, False), prompt="def f():\n", chat_prompt="Complete f.")
+    ]
+    table = experiences_to_table(records)
+    assert [(r.prompt, r.chat_prompt) for r in table_to_experiences(table)] == [("def f():\n", "Complete f.")]
+    older = table.drop_columns(["chat_prompt"])
+    assert [(r.prompt, r.chat_prompt) for r in table_to_experiences(older)] == [("def f():\n", "")]
+    with pytest.raises(ValueError, match="lacks experience columns"):
+        table_to_experiences(table.drop_columns(["code"]))

@@ -12,12 +12,13 @@ import pytest
 from btp_ray.data import Problem, TestCase
 from btp_ray.execution import ExecutionResult, ExecutionStatus
 from btp_ray.experiment_config import build_experiment_config
-from btp_ray.pipeline.records import TestedCandidate, records_of
+from btp_ray.pipeline.records import TestedCandidate, records_of, training_examples
 from btp_ray.pipeline.run_dir import RunDirectory
 from btp_ray.pipeline.runner import BTPPipeline
 from btp_ray.pipeline.stream import TestedBatch
 from btp_ray.replay import ReplayBuffer
 from btp_ray.sampling import Candidate, FinishReason, SamplerIdentity
+from btp_ray.sampling.base import user_message
 
 
 def test_logged_candidate_rebuilds_the_same_experience() -> None:
@@ -45,7 +46,11 @@ def test_logged_candidate_rebuilds_the_same_experience() -> None:
     logged = TestedCandidate.from_line(json.loads(json.dumps(tested.to_line())))
     assert logged == tested  # one line of candidates.jsonl is exactly one record
     rebuilt = logged.experience()
-    fields = ("problem_id", "code", "per_test", "prompt", "source_model", "iteration", "token_count",
+    # Fine-tuning takes the prompt in the learner's format from the record itself: the chat user turn the samplers
+    # show a chat model, or the raw prompt a completion model continues.
+    chat, raw = training_examples([rebuilt], chat=True)[0], training_examples([rebuilt], chat=False)[0]
+    assert chat.prompt == user_message(problem) != raw.prompt == problem.prompt
+    fields = ("problem_id", "code", "per_test", "prompt", "chat_prompt", "source_model", "iteration", "token_count",
               "mean_token_logprob", "possibility", "pass_rate", "p2value")  # fmt: skip
     assert {f: getattr(rebuilt, f) for f in fields} == {f: getattr(live, f) for f in fields}
     assert rebuilt.source_model == "hf:smollm2-135m+btp-iter1-abc" and rebuilt.pass_rate == 0.5
