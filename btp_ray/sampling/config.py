@@ -64,6 +64,10 @@ class SamplerConfig:
     ``beam_search`` picks the implementation of ``strategy=beam`` (:class:`BeamSearchImpl`; ``auto`` is the fastest
     measured for the backend). ``block_size`` is vLLM's KV block size; None lets btp-ray choose (32 on CPU, where
     vLLM's 128 would make every beam-search fork recompute up to 127 tokens; vLLM's default on GPUs).
+    ``in_process_engine`` runs vLLM's engine core in the sampler's own process rather than in a process of its own;
+    None chooses: in-process on CPU, where it keeps btp-ray's beam search in lockstep with the engine (64 engine
+    steps for 64 tokens instead of 90, 1.23x the tokens/s, and the engine starts in 8 s instead of 23), vLLM's
+    default (its own process, which overlaps scheduling with the model) on GPUs.
     """
 
     model: str = "smollm2-135m"
@@ -91,6 +95,7 @@ class SamplerConfig:
     scorer_model: str | None = None
     beam_search: BeamSearchImpl = BeamSearchImpl.AUTO
     block_size: int | None = None
+    in_process_engine: bool | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))

@@ -19,6 +19,7 @@ uses Ray workers inside the caller's placement group (see :class:`~btp_ray.sampl
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,8 @@ from btp_ray.sampling.types import (
 )
 
 logger = logging.getLogger(__name__)
+
+MULTIPROCESSING_ENV = "VLLM_ENABLE_V1_MULTIPROCESSING"  # "0": the engine core runs in the sampler's process
 
 
 class VLLMSampler(Sampler):
@@ -81,7 +84,15 @@ class VLLMSampler(Sampler):
             engine_args["distributed_executor_backend"] = "ray"
         if config.enable_lora:
             engine_args.update(enable_lora=True, max_lora_rank=config.max_lora_rank, max_loras=config.max_loras)
-        logger.info("starting vLLM engine for %s", self._model_path)
+        # vLLM reads this when the engine starts; a sampler owns its process (a Ray actor), one engine in it. The
+        # automatic choice leaves a value the user set alone.
+        if config.in_process_engine is not None:
+            os.environ[MULTIPROCESSING_ENV] = "0" if config.in_process_engine else "1"
+        elif config.resolved_device() == "cpu" and config.tensor_parallel_size == 1:
+            os.environ.setdefault(MULTIPROCESSING_ENV, "0")
+        in_process = os.environ.get(MULTIPROCESSING_ENV, "1") == "0"
+        logger.info("starting vLLM engine for %s (engine core %s)", self._model_path,
+                    "in this process" if in_process else "in its own process")  # fmt: skip
         self.llm = LLM(**engine_args)
         from transformers import AutoTokenizer
 
