@@ -20,6 +20,7 @@ from btp_ray.data.types import Problem
 from btp_ray.execution import ExecutionResult, ExecutionStatus
 from btp_ray.replay import Experience, PossibilityMode, scored
 from btp_ray.sampling import Candidate, FinishReason, SamplerIdentity
+from btp_ray.sampling.base import user_message
 
 # Where a program was tested: for the replay pool of a BTP iteration, a held-out evaluation, a study's pool, the
 # sample-and-filter baseline.
@@ -61,8 +62,6 @@ class TestedCandidate:
     @classmethod
     def of(cls, problem: Problem, candidate: Candidate, result: ExecutionResult, **where: Any) -> TestedCandidate:
         """The record of ``candidate`` of ``problem`` tested into ``result`` (``where``: iteration, phase, kind)."""
-        from btp_ray.sampling.base import user_message
-
         return cls(
             candidate=candidate,
             result=result,

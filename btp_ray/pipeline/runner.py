@@ -223,18 +223,15 @@ class BTPPipeline:
             self._ray_learner = RayLearner(training)
         return self._ray_learner
 
-    def _done_problems(self, iteration: int, phase: str, kind: str) -> set[str]:
-        return {
-            t.task_id
-            for t in self.run.iter_candidates()
-            if t.iteration == iteration and t.phase == phase and t.kind == kind
-        }
+    def _logged(self, iteration: int, phase: str) -> list[TestedCandidate]:
+        """The records ``candidates.jsonl`` holds for one iteration and phase (what a resumed run already has)."""
+        return [t for t in self.run.iter_candidates() if t.iteration == iteration and t.phase == phase]
 
     def _sample_phase(self, services: Services, iteration: int, timings: StreamTimings) -> None:
         """Beam search over the training problems, tests pipelined behind it; every candidate logged."""
         import ray
 
-        done = self._done_problems(iteration, BTP_POOL, "beam")
+        done = {t.task_id for t in self._logged(iteration, BTP_POOL)}
         todo = [p for p in self.train_problems if p.task_id not in done]
         samples_rate, tests_rate = RateMeter(), RateMeter()
         bar = phase_bar(f"iter {iteration} sample", len(self.train_problems), "problem")
@@ -268,7 +265,7 @@ class BTPPipeline:
 
     def _sample_summary(self, iteration: int, timings: StreamTimings | None) -> dict[str, Any]:
         """The iteration's sampling numbers, from the candidate log (so a resumed run reports them too)."""
-        records = [t for t in self.run.iter_candidates() if t.iteration == iteration and t.phase == BTP_POOL]
+        records = self._logged(iteration, BTP_POOL)
         summary = sample_summary(records, len(self.train_problems), timings)
         self.metrics.gauge("btp_mean_pass_rate", summary["mean_pass_rate"])
         self.metrics.gauge("btp_p2value_mean", summary["p2value"].get("mean", 0.0))
@@ -371,9 +368,14 @@ class BTPPipeline:
                     ),
                 )
             )
+        # The log is read once: what a resumed run already evaluated, then each new batch as it is appended.
+        logged: dict[str, list[TestedCandidate]] = {p.task_id: [] for p in self.eval_problems}
+        for t in self._logged(iteration, HELD_OUT):
+            if t.task_id in logged:
+                logged[t.task_id].append(t)
         timings = StreamTimings()
         for kind, params in kinds:
-            done = self._done_problems(iteration, HELD_OUT, kind)
+            done = {task_id for task_id, records in logged.items() if any(t.kind == kind for t in records)}
             todo = [p for p in self.eval_problems if p.task_id not in done]
             bar = phase_bar(f"eval {iteration} {kind}", len(self.eval_problems), "problem")
             bar.update(len(self.eval_problems) - len(todo))
@@ -390,13 +392,11 @@ class BTPPipeline:
                     kind=kind,
                 ):
                     self.run.append_candidates(tested)
+                    for t in tested:
+                        logged[t.task_id].append(t)
                     bar.update(len(problems))
             finally:
                 bar.close()
-        logged: dict[str, list[TestedCandidate]] = {p.task_id: [] for p in self.eval_problems}
-        for t in self.run.iter_candidates():
-            if t.iteration == iteration and t.phase == HELD_OUT and t.task_id in logged:
-                logged[t.task_id].append(t)
         evals = {p.task_id: evaluation_of(p, logged[p.task_id]) for p in self.eval_problems}
         summary = summarize_evaluation(list(evals.values()), baseline_accuracy)
         summary["timings"] = timings.to_dict()
